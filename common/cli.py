@@ -1,0 +1,45 @@
+"""Entry-point helpers shared by every stage's ``__main__``: logging set-up and
+turning :class:`UserError` into a clear message and exit status 2."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from common.errors import UserError
+
+log = logging.getLogger("wmdd")
+
+
+def setup_logging() -> None:
+    """INFO logging on rank 0, warnings only on other ranks."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def user_message(exc: UserError) -> str:
+    """The message of ``exc`` without the worker traceback that a DataLoader
+    worker adds when it re-raises the error in the main process."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split("UserError: ", 1)[-1]
+    return text
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main(argv)`` and exit: 0 on success, 2 on :class:`UserError`."""
+    from common.distributed import cleanup
+
+    setup_logging()
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        cleanup()
+    sys.exit(code or 0)

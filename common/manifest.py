@@ -1,0 +1,114 @@
+"""Stage manifests: ``manifest.json``, written last, means the stage finished.
+
+A manifest records the stage, the schema version, the resolved arguments, the
+dataset spec and class list, the model, the input artifacts with their sha256
+and the outputs as paths relative to the stage directory. The next stage reads
+it and refuses a mismatch with a message naming both values.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
+from common.io import atomic_write_json, read_json, sha256_file
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with paths turned into strings and tuples into lists, recursively."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_manifest(out_dir: str | Path, *, stage: str, args: dict, outputs: list[str],
+                   dataset: dict | None = None, classes: list[str] | None = None,
+                   model: str | None = None, inputs: dict[str, str | Path] | None = None,
+                   extra: dict | None = None) -> dict:
+    """Write ``out_dir/manifest.json`` atomically and return its content.
+
+    Args:
+        out_dir: the stage's output directory.
+        stage: ``"pretrain"``, ``"recover"``, ``"relabel"`` or ``"train"``.
+        args: the resolved arguments of the run.
+        outputs: produced files, relative to ``out_dir``; each must exist.
+        dataset: ``DatasetSpec.to_dict()``.
+        classes: class folder names in class-index order.
+        model: architecture name.
+        inputs: name -> path of input artifacts; their sha256 are recorded.
+        extra: stage-specific fields (e.g. accuracies).
+
+    Raises:
+        FileNotFoundError: an output listed does not exist (a bug, not user input).
+    """
+    out_dir = Path(out_dir)
+    for rel in outputs:
+        if not (out_dir / rel).exists():
+            raise FileNotFoundError(f"{out_dir / rel}: listed as an output but missing")
+    manifest = {
+        "stage": stage,
+        "schema_version": SCHEMA_VERSION,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "args": jsonable(args),
+        "dataset": dataset,
+        "classes": classes,
+        "model": model,
+        "inputs": {name: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
+                   for name, p in (inputs or {}).items()},
+        "outputs": list(outputs),
+    }
+    if extra:
+        manifest.update(jsonable(extra))
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(stage_dir: str | Path, stage: str) -> dict:
+    """The manifest of a finished ``stage`` in ``stage_dir``.
+
+    Raises:
+        UserError: no manifest (the stage did not finish), another stage's
+            manifest, or an unknown schema version.
+    """
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{stage_dir}: no {MANIFEST}, so the {stage} stage did not finish there; "
+                        f"run (or re-run) `python -m {stage}` with --output-dir {stage_dir}")
+    manifest = read_json(path, "manifest")
+    if manifest.get("stage") != stage:
+        raise UserError(f"{path}: is a {manifest.get('stage')!r} manifest, expected {stage!r}; "
+                        f"pass the {stage} stage's output directory")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema version {manifest.get('schema_version')} is not "
+                        f"{SCHEMA_VERSION}; re-run the {stage} stage with this version of the toolkit")
+    return manifest
+
+
+def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bool:
+    """True when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``.
+
+    Raises:
+        UserError: the directory holds a finished run with different arguments
+            (names the first differing argument); use a new output directory.
+    """
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        return False
+    old = read_manifest(stage_dir, stage)["args"]
+    new = jsonable(args)
+    if old == new:
+        return True
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    k = diff[0]
+    raise UserError(f"{path}: a finished {stage} run with different arguments is already there "
+                    f"({k}: {old.get(k)!r} there, {new.get(k)!r} now); use another --output-dir "
+                    "or delete that directory")

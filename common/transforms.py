@@ -1,0 +1,58 @@
+"""Image transforms (torchvision transforms v2) for training and evaluation.
+
+Small images (native side <= 64 px: CIFAR, digits, Tiny-ImageNet) train with a
+padded random crop and a flip; larger ones with a random-resized crop (scale
+0.08-1) and a flip, as in torchvision's ImageNet reference. Evaluation resizes
+small images to the input size and applies resize (input * 256/224) + centre
+crop to large ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from common.datasets import SMALL_STEM_MAX_SIZE, DatasetSpec
+
+
+def to_normalized_tensor(spec: DatasetSpec) -> v2.Compose:
+    """PIL image -> float32 tensor ``[3, H, W]`` normalised by the spec's mean/std."""
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(spec.mean), list(spec.std))])
+
+
+def train_transform(spec: DatasetSpec, size: int) -> v2.Compose:
+    """Training augmentation producing ``[3, size, size]`` float32 tensors."""
+    if spec.image_size <= SMALL_STEM_MAX_SIZE:
+        ops = [] if size == spec.image_size else [v2.Resize((size, size), antialias=True)]
+        ops += [v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip()]
+    else:
+        ops = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    return v2.Compose(ops + [to_normalized_tensor(spec)])
+
+
+def eval_transform(spec: DatasetSpec, size: int) -> v2.Compose:
+    """Deterministic evaluation transform producing ``[3, size, size]`` float32 tensors."""
+    if spec.image_size <= SMALL_STEM_MAX_SIZE:
+        ops = [v2.Resize((size, size), antialias=True)]
+    else:
+        ops = [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(ops + [to_normalized_tensor(spec)])
+
+
+def pixel_bounds(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised values of pixel 0 and pixel 1 per channel, each ``[1, 3, 1, 1]`` float32.
+
+    Synthetic images live in normalised space; clipping them to these bounds
+    keeps them valid images.
+    """
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def denormalize(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """Normalised ``[B, 3, H, W]`` -> pixel values in [0, 1] (clamped)."""
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)

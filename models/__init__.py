@@ -1,0 +1,8 @@
+"""Architecture registry, penultimate features, per-class BatchNorm statistics
+and teacher checkpoints."""
+
+from models.features import classifier_module, forward_with_features, penultimate_features
+from models.registry import create_model, model_names, parse_model_kwargs
+
+__all__ = ["create_model", "model_names", "parse_model_kwargs", "classifier_module",
+           "forward_with_features", "penultimate_features"]

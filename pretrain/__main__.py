@@ -1,0 +1,212 @@
+"""``python -m pretrain``: train a teacher and compute its per-class BatchNorm statistics.
+
+Writes ``OUT/teacher.pt`` (weights, classes, dataset spec, BN statistics,
+resolved arguments), ``OUT/metrics.jsonl`` (one line per epoch),
+``OUT/config.yaml``, ``OUT/last.pt`` (resume state) and, last,
+``OUT/manifest.json``. Re-running a killed run with the same command resumes
+from ``last.pt``. ``--stats-only --teacher CKPT`` skips training and computes
+the statistics of an existing checkpoint (ours or a plain torchvision state dict).
+Under ``torchrun`` training uses DDP and the statistics are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from common.cli import run_main
+from common.config import parse_with_config, save_resolved_config
+from common.data import load_splits, with_transform
+from common.datasets import dataset_names, resolve_spec
+from common.distributed import DistContext, setup
+from common.errors import UserError
+from common.io import torch_load
+from common.manifest import finished_with_same_args, jsonable, write_manifest
+from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
+                             save_resume_state, unwrap)
+from common.transforms import eval_transform, train_transform
+from models import create_model, model_names, parse_model_kwargs
+from models.bn_stats import compute_bn_statistics
+from models.teacher import FORMAT, TEACHER_FILE, load_state_dict_into, save_teacher
+from pretrain.loop import eval_loader, seed_epoch, train_loader, train_one_epoch
+
+log = logging.getLogger("wmdd.pretrain")
+
+#: Arguments that may change between a killed run and its resumption.
+RESUME_IGNORES = ("workers", "device", "config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
+    p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(dataset_names())}")
+    p.add_argument("--data-path", help="dataset root holding train/ and val/ (or test/)")
+    p.add_argument("--model", default="resnet18", help=f"one of {', '.join(model_names())}")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="architecture options, e.g. depth=3 width=128 norm=batch for convnet")
+    p.add_argument("--input-size", type=int, help="input side in pixels (default: the dataset's native size)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=32, help="images per step and process")
+    p.add_argument("--lr", type=float, default=0.025)
+    p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "none"])
+    p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
+    p.add_argument("--output-dir", help="stage output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (meant for CUDA)")
+    p.add_argument("--train-per-class", type=int, help="use a seeded choice of N train images per class")
+    p.add_argument("--val-per-class", type=int, help="use a seeded choice of N val images per class")
+    p.add_argument("--eval-batch-size", type=int, default=256,
+                   help="batch size of evaluation and of the statistics pass")
+    p.add_argument("--stats-only", action="store_true",
+                   help="no training: compute the BN statistics of --teacher")
+    p.add_argument("--teacher", help="with --stats-only: a teacher.pt or a plain (torchvision) state dict")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.data_path:
+        raise UserError("--data-path is required (the dataset root holding train/ and val/)")
+    if not args.output_dir:
+        raise UserError("--output-dir is required")
+    if args.stats_only != bool(args.teacher):
+        raise UserError("--stats-only and --teacher CKPT go together")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+
+
+def _load_existing_weights(args: argparse.Namespace, model_kwargs: dict) -> tuple[str, dict, dict, int | None]:
+    """``(model name, kwargs, state dict, input size)`` from ``--teacher``: our teacher.pt
+    (architecture from the file) or a plain state dict (architecture from the CLI)."""
+    path = Path(args.teacher)
+    ckpt = torch_load(path, "teacher weights")
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        m = ckpt["model"]
+        return m["name"], m["kwargs"], ckpt["state_dict"], m["input_size"]
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise UserError(f"{path}: expected a teacher.pt or a state dict (name -> tensor)")
+    return args.model, model_kwargs, ckpt, None
+
+
+def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
+    """Train ``model`` for ``args.epochs`` epochs with resume; returns the last validation result."""
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else model
+    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=args.momentum)
+    scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    start, val = 0, None
+    state = load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, val = state["epoch"], state["extra"].get("val")
+        log.info("resuming from %s after epoch %d", out / "last.pt", start)
+    if ctx.is_main:
+        metrics.truncate(start)
+    loader = train_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed, ctx=ctx)
+    vloader = eval_loader(val_set, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
+    for epoch in range(start, args.epochs):
+        seed_epoch(loader, args.seed, epoch, ctx)
+        lr = optimizer.param_groups[0]["lr"]
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not ctx.is_main, leave=False)
+        stats = train_one_epoch(ddp, batches, optimizer, ctx, amp=args.amp, channels_last=args.channels_last)
+        scheduler.step()
+        ctx.broadcast_buffers(model)
+        val = evaluate(model, vloader, ctx, amp=args.amp)
+        log.info("epoch %d/%d  loss %.4f  train top-1 %.2f%%  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s",
+                 epoch + 1, args.epochs, stats["train_loss"], stats["train_top1"], val["top1"], val["top5"],
+                 stats["images_per_s"])
+        if ctx.is_main:
+            metrics.write({"epoch": epoch, "lr": lr, **stats, "val_top1": val["top1"], "val_top5": val["top5"],
+                           "val_loss": val["loss"]})
+            save_resume_state(out / "last.pt", args=run_args, epoch=epoch + 1, model=model, optimizer=optimizer,
+                              scheduler=scheduler, extra={"val": val})
+    return val
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_with_config(build_parser(), argv, "pretrain")
+    _check_args(args)
+    model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
+    out = Path(args.output_dir)
+    run_args = jsonable(vars(args))
+    if finished_with_same_args(out, "pretrain", {k: v for k, v in run_args.items() if k not in RESUME_IGNORES}):
+        log.info("%s: already finished with these arguments; nothing to do", out)
+        return 0
+    ctx = setup(args.device)
+
+    name, size = args.model, args.input_size
+    state_dict = None
+    if args.stats_only:
+        name, model_kwargs, state_dict, file_size = _load_existing_weights(args, model_kwargs)
+        size = size or file_size
+    train_raw, val_set = load_splits(args.data_path, train_per_class=args.train_per_class,
+                                     val_per_class=args.val_per_class, seed=args.seed)
+    spec = resolve_spec(args.dataset, train_raw.classes, args.data_path)
+    size = size or spec.image_size
+    train_set = with_transform(train_raw, train_transform(spec, size))
+    val_set.transform = eval_transform(spec, size)
+    classes = train_set.classes
+    log.info("%s: %d classes, %d train / %d val images, %d px, %s on %s (x%d)", args.dataset, len(classes),
+             len(train_set), len(val_set), size, name, ctx.device, ctx.world_size)
+
+    torch.manual_seed(args.seed)
+    model = create_model(name, num_classes=len(classes), dataset=spec, input_size=size, **model_kwargs)
+    if state_dict is not None:
+        load_state_dict_into(model, state_dict, Path(args.teacher), name)
+    model.to(ctx.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(args, out / "config.yaml")
+
+    if args.stats_only:
+        val = evaluate(model, eval_loader(val_set, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx),
+                       ctx, amp=args.amp)
+    else:
+        val = _train(args, model, train_set, val_set, ctx, out, run_args)
+    log.info("val top-1 %.2f%%  top-5 %.2f%%", val["top1"], val["top5"])
+
+    stats_loader = eval_loader(with_transform(train_raw, eval_transform(spec, size)),
+                               batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
+    bn_stats = compute_bn_statistics(unwrap(model), stats_loader, len(classes), ctx,
+                                     progress=lambda it: tqdm(it, desc="BN statistics", disable=not ctx.is_main,
+                                                              leave=False))
+    log.info("per-class BN statistics of %d layers over %d images", len(bn_stats["layers"]),
+             int(bn_stats["images_per_class"].sum()))
+    if ctx.is_main:
+        save_teacher(out / TEACHER_FILE, model=model, name=name, kwargs=model_kwargs, classes=classes, spec=spec,
+                     input_size=size, bn_stats=bn_stats, args=run_args, val=val)
+        outputs = [TEACHER_FILE, "config.yaml"] + ([] if args.stats_only else ["metrics.jsonl", "last.pt"])
+        write_manifest(out, stage="pretrain",
+                       args={k: v for k, v in run_args.items() if k not in RESUME_IGNORES},
+                       outputs=outputs, dataset=spec.to_dict(), classes=classes, model=name,
+                       inputs={"teacher_weights": args.teacher} if args.stats_only else None,
+                       extra={"val": val, "input_size": size, "model_kwargs": model_kwargs})
+        log.info("wrote %s", out / TEACHER_FILE)
+    ctx.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,74 @@
+"""Shared fixtures: real data extracted from ``../shared/datasets`` and a tiny teacher.
+
+The shared datasets are located through ``$WMDD_SHARED_DATASETS``, then
+``<repo>/../shared/datasets``, then ``/work/shared/datasets``. They are never
+copied into the repository: fixtures extract small seeded subsets into pytest's
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.prepare import extract
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets() -> Path:
+    candidates = [os.environ.get("WMDD_SHARED_DATASETS"), REPO.parent / "shared" / "datasets",
+                  Path("/work/shared/datasets")]
+    for c in candidates:
+        if c and (Path(c) / "cifar10-jpg.tar.gz").is_file():
+            return Path(c)
+    raise RuntimeError("real datasets not found: set WMDD_SHARED_DATASETS to the folder holding "
+                       "cifar10-jpg.tar.gz")
+
+
+def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` from the repository root and return the result."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def torchrun(nproc: int, module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node nproc -m module args`` (gloo on CPU)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", module, *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return shared_datasets()
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory, shared) -> Path:
+    """Real CIFAR-10: 20 train and 10 test images per class (seeded)."""
+    return extract(shared / "cifar10-jpg.tar.gz", tmp_path_factory.mktemp("data") / "cifar10",
+                   train_per_class=20, val_per_class=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, cifar_root) -> Path:
+    """A ResNet-18 teacher pretrained for 2 epochs on the CIFAR-10 subset (output directory)."""
+    out = tmp_path_factory.mktemp("teacher") / "pretrain"
+    proc = run_module("pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "resnet18",
+                      "--epochs", 2, "--batch-size", 32, "--output-dir", out, "--workers", 0)
+    (out.parent / "pretrain.log").write_text(proc.stderr)
+    return out

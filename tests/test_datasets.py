@@ -1,0 +1,117 @@
+"""Dataset registry, ImageFolder loading and its errors, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from common.data import image_folder, load_image, load_splits, select_per_class, split_dir
+from common.datasets import dataset_names, get_spec, resolve_spec, stem_for_size
+from common.errors import UserError
+from common.transforms import denormalize, eval_transform, pixel_bounds, train_transform
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_registry_has_the_issue_datasets():
+    assert set(dataset_names()) >= {"cifar10", "cifar100", "tiny-imagenet", "imagenette", "imagewoof",
+                                    "imagenet", "digits", "imagefolder"}
+    assert get_spec("cifar100").num_classes == 100
+    assert get_spec("tiny-imagenet").num_classes == 200 and get_spec("tiny-imagenet").stem == "small"
+    assert get_spec("imagenet").num_classes == 1000 and get_spec("imagenet").stem == "imagenet"
+    assert get_spec("imagefolder").num_classes is None
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown dataset 'cifar11'.*cifar10"):
+        get_spec("cifar11")
+
+
+def test_stem_follows_input_size():
+    assert stem_for_size(32) == "small" and stem_for_size(64) == "small" and stem_for_size(112) == "imagenet"
+
+
+def test_spec_round_trips_through_dict():
+    spec = get_spec("imagenette")
+    assert type(spec).from_dict(spec.to_dict()) == spec
+
+
+def test_imagefolder_infers_classes_and_named_dataset_checks_count(cifar_root):
+    ds = image_folder(split_dir(cifar_root, "train"))
+    assert ds.classes == CIFAR_CLASSES
+    assert resolve_spec("imagefolder", ds.classes).num_classes == 10
+    with pytest.raises(UserError, match="found 10 class folders but dataset 'cifar100' has 100"):
+        resolve_spec("cifar100", ds.classes, str(cifar_root))
+
+
+def test_test_split_is_accepted_as_evaluation_split(cifar_root):
+    assert split_dir(cifar_root, "val").name == "test"
+    train, val = load_splits(cifar_root)
+    assert len(train) == 200 and len(val) == 100
+    assert train.classes == val.classes == CIFAR_CLASSES
+    assert train.targets == sorted(train.targets)
+
+
+def test_per_class_choice_is_seeded_and_balanced(cifar_root):
+    train = image_folder(split_dir(cifar_root, "train"))
+    a = select_per_class(train.samples, 5, seed=3)
+    b = select_per_class(train.samples, 5, seed=3)
+    c = select_per_class(train.samples, 5, seed=4)
+    assert a == b and a != c
+    assert [sum(1 for _, t in a if t == k) for k in range(10)] == [5] * 10
+    with pytest.raises(UserError, match="fewer than the 21 per class"):
+        select_per_class(train.samples, 21, seed=0, where="train")
+
+
+def _copy(cifar_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    return root
+
+
+def test_missing_split_names_the_path(cifar_root, tmp_path):
+    root = _copy(cifar_root, tmp_path)
+    shutil.rmtree(root / "test")
+    with pytest.raises(UserError, match=f"{root / 'val'} or {root / 'test'}: missing split directory"):
+        load_splits(root)
+
+
+def test_empty_class_folder_names_the_folder(cifar_root, tmp_path):
+    root = _copy(cifar_root, tmp_path)
+    for f in (root / "train" / "cat").iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match=f"{root / 'train' / 'cat'}: empty class folder"):
+        load_splits(root)
+
+
+def test_different_class_folders_between_splits(cifar_root, tmp_path):
+    root = _copy(cifar_root, tmp_path)
+    (root / "test" / "dog").rename(root / "test" / "wolf")
+    with pytest.raises(UserError, match=r"missing: \['dog'\]; unexpected: \['wolf'\]"):
+        load_splits(root)
+
+
+def test_corrupt_image_names_the_file(cifar_root, tmp_path):
+    root = _copy(cifar_root, tmp_path)
+    bad = sorted((root / "train" / "frog").iterdir())[0]
+    bad.write_bytes(b"\xff\xd8 this is not a JPEG")
+    with pytest.raises(UserError, match=f"{bad}: cannot read image"):
+        load_image(str(bad))
+
+
+def test_transforms_shapes_and_pixel_bounds(cifar_root):
+    spec = get_spec("cifar10")
+    img = load_image(str(sorted((cifar_root / "train" / "ship").iterdir())[0]))
+    x = eval_transform(spec, 32)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert train_transform(spec, 32)(img).shape == (3, 32, 32)
+    low, high = pixel_bounds(spec)
+    assert (x >= low[0] - 1e-6).all() and (x <= high[0] + 1e-6).all()
+    back = denormalize(x.unsqueeze(0), spec)[0]
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    assert torch.allclose(back, pil_to_tensor(img).float() / 255, atol=1e-5)
+    big = get_spec("imagenette")
+    assert eval_transform(big, 112)(img).shape == (3, 112, 112)
+    assert train_transform(big, 112)(img).shape == (3, 112, 112)
