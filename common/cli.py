@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterable
+
+from tqdm import tqdm
 
 from common.errors import UserError
 
@@ -43,3 +45,10 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     finally:
         cleanup()
     sys.exit(code or 0)
+
+
+def progress(iterable: Iterable, desc: str, enabled: bool = True, total: int | None = None) -> Iterable:
+    """A tqdm progress bar on rank 0 (``enabled``); refreshed at most every
+    30 s when stderr is not a terminal, so log files stay short."""
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)

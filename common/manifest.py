@@ -93,6 +93,37 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
     return manifest
 
 
+RUN_ARGS = ".run_args.json"
+
+
+def _first_difference(old: dict, new: dict) -> str:
+    k = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))[0]
+    return f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+
+
+def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:
+    """Record the arguments of an unfinished run in ``stage_dir/.run_args.json``, or
+    check them against those recorded by the run being resumed.
+
+    Stages that resume per unit of work (recover per class batch, relabel per
+    epoch) call this before writing anything else, so a resumed run can never
+    mix outputs of two different configurations.
+
+    Raises:
+        UserError: the directory holds an unfinished run with other arguments.
+    """
+    path = Path(stage_dir) / RUN_ARGS
+    new = jsonable(args)
+    if path.exists():
+        old = read_json(path, "run arguments")
+        if old != new:
+            raise UserError(f"{stage_dir}: holds an unfinished {stage} run with different arguments "
+                            f"({_first_difference(old, new)}); re-run with the same arguments to resume, "
+                            "or use another --output-dir")
+        return
+    atomic_write_json(path, new)
+
+
 def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bool:
     """True when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``.
 
@@ -107,8 +138,5 @@ def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bo
     new = jsonable(args)
     if old == new:
         return True
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    k = diff[0]
     raise UserError(f"{path}: a finished {stage} run with different arguments is already there "
-                    f"({k}: {old.get(k)!r} there, {new.get(k)!r} now); use another --output-dir "
-                    "or delete that directory")
+                    f"({_first_difference(old, new)}); use another --output-dir or delete that directory")

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
-
-from common.cli import run_main
+from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
 from common.data import load_splits, with_transform
 from common.datasets import dataset_names, resolve_spec
@@ -127,7 +125,7 @@ def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_arg
     for epoch in range(start, args.epochs):
         seed_epoch(loader, args.seed, epoch, ctx)
         lr = optimizer.param_groups[0]["lr"]
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not ctx.is_main, leave=False)
+        batches = progress(loader, f"epoch {epoch + 1}/{args.epochs}", ctx.is_main)
         stats = train_one_epoch(ddp, batches, optimizer, ctx, amp=args.amp, channels_last=args.channels_last)
         scheduler.step()
         ctx.broadcast_buffers(model)
@@ -190,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     stats_loader = eval_loader(with_transform(train_raw, eval_transform(spec, size)),
                                batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
     bn_stats = compute_bn_statistics(unwrap(model), stats_loader, len(classes), ctx,
-                                     progress=lambda it: tqdm(it, desc="BN statistics", disable=not ctx.is_main,
-                                                              leave=False))
+                                     progress=lambda it: progress(it, "BN statistics", ctx.is_main))
     log.info("per-class BN statistics of %d layers over %d images", len(bn_stats["layers"]),
              int(bn_stats["images_per_class"].sum()))
     if ctx.is_main:

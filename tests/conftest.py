@@ -1,9 +1,8 @@
 """Shared fixtures: real data extracted from ``../shared/datasets`` and a tiny teacher.
 
-The shared datasets are located through ``$WMDD_SHARED_DATASETS``, then
-``<repo>/../shared/datasets``, then ``/work/shared/datasets``. They are never
-copied into the repository: fixtures extract small seeded subsets into pytest's
-temporary directory.
+The shared datasets are located by :func:`benchmarks.data.shared_datasets`.
+They are never copied into the repository: fixtures extract small seeded
+subsets into pytest's temporary directory.
 """
 
 from __future__ import annotations
@@ -15,19 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.data import REPO, shared_datasets
 from common.prepare import extract
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_datasets() -> Path:
-    candidates = [os.environ.get("WMDD_SHARED_DATASETS"), REPO.parent / "shared" / "datasets",
-                  Path("/work/shared/datasets")]
-    for c in candidates:
-        if c and (Path(c) / "cifar10-jpg.tar.gz").is_file():
-            return Path(c)
-    raise RuntimeError("real datasets not found: set WMDD_SHARED_DATASETS to the folder holding "
-                       "cifar10-jpg.tar.gz")
 
 
 def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,

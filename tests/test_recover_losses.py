@@ -1,0 +1,90 @@
+"""The recover loss terms against hand computations from captured activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.data import image_folder, split_dir
+from common.transforms import eval_transform
+from models.bn_stats import BNInputCapture
+from models.teacher import load_teacher
+from recover.losses import RecoverObjective, feature_matching_loss
+
+
+@pytest.fixture(scope="module")
+def two_class_batch(tiny_teacher, cifar_root):
+    """3 real images each of classes 2 and 7 (grouped by class), and the teacher."""
+    teacher = load_teacher(tiny_teacher)
+    ds = image_folder(split_dir(cifar_root, "train"), eval_transform(teacher.spec, 32))
+    idx = [i for i, t in enumerate(ds.targets) if t == 2][:3] + [i for i, t in enumerate(ds.targets) if t == 7][:3]
+    return teacher, torch.stack([ds[i][0] for i in idx]), torch.tensor([2, 7])
+
+
+def _captured(model, x):
+    acts = {}
+    with BNInputCapture(model, lambda n, a: acts.__setitem__(n, a.detach().double())), torch.no_grad():
+        model(x)
+    return acts
+
+
+def _hand_bn_loss(acts, stats, layers, groups, kind, first_multiplier):
+    total = 0.0
+    for li, name in enumerate(layers):
+        x = acts[name]
+        layer = 0.0
+        for g, rows in enumerate(groups):
+            sub = x[rows]                                   # [n, C, H, W]
+            values = sub.permute(1, 0, 2, 3).reshape(sub.shape[1], -1)
+            mean, var = values.mean(1), ((values - values.mean(1, keepdim=True)) ** 2).mean(1)
+            if kind == "per_class":
+                mu_t, var_t = stats["per_class_mean"][name][g], stats["per_class_var"][name][g]
+            else:
+                mu_t, var_t = stats["global_mean"][name], stats["global_var"][name]
+            layer += float(torch.sqrt(((mean - mu_t) ** 2).sum())) + float(torch.sqrt(((var - var_t) ** 2).sum()))
+        total += (first_multiplier if li == 0 else 1.0) * layer
+    return total
+
+
+def test_per_class_bn_loss_equals_hand_computation(two_class_batch):
+    teacher, x, classes = two_class_batch
+    stats = teacher.bn_stats
+    with RecoverObjective(teacher.model, stats, per_class_bn=True, use_wb=False, r_bn=1.0, r_ce=0.0,
+                          first_bn_multiplier=10.0, device=torch.device("cpu")) as objective:
+        loss, parts = objective(x, classes, None)
+    acts = _captured(teacher.model, x)
+    per_class = {k: {n: v[classes] for n, v in stats[k].items()} for k in ("per_class_mean", "per_class_var")}
+    hand = _hand_bn_loss(acts, per_class, stats["layers"], [[0, 1, 2], [3, 4, 5]], "per_class", 10.0)
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+    assert parts["bn"].item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_no_per_class_bn_uses_global_statistics(two_class_batch):
+    teacher, x, classes = two_class_batch
+    with RecoverObjective(teacher.model, teacher.bn_stats, per_class_bn=False, use_wb=False, r_bn=0.5, r_ce=0.0,
+                          first_bn_multiplier=1.0, device=torch.device("cpu")) as objective:
+        loss, _ = objective(x, classes, None)
+    acts = _captured(teacher.model, x)
+    hand_global = _hand_bn_loss(acts, teacher.bn_stats, teacher.bn_stats["layers"], [list(range(6))], "global", 1.0)
+    assert loss.item() == pytest.approx(0.5 * hand_global, rel=1e-5)
+    per_class = {k: {n: v[classes] for n, v in teacher.bn_stats[k].items()}
+                 for k in ("per_class_mean", "per_class_var")}
+    hand_pc = _hand_bn_loss(acts, per_class, teacher.bn_stats["layers"], [[0, 1, 2], [3, 4, 5]], "per_class", 1.0)
+    assert abs(hand_pc - hand_global) > 1e-3 * hand_global
+
+
+def test_feature_and_ce_terms(two_class_batch):
+    teacher, x, classes = two_class_batch
+    support = torch.randn(6, 512)
+    with RecoverObjective(teacher.model, None, per_class_bn=True, use_wb=True, r_bn=0.0, r_ce=2.0,
+                          first_bn_multiplier=10.0, device=torch.device("cpu")) as objective:
+        loss, parts = objective(x, classes, support)
+    with torch.no_grad():
+        feats = torch.flatten(torch.nn.Sequential(*list(teacher.model.children())[:-1])(x), 1)
+        logits = teacher.model(x)
+    feat_hand = torch.sqrt(((feats - support) ** 2).sum())
+    ce_hand = torch.nn.functional.cross_entropy(logits, torch.tensor([2, 2, 2, 7, 7, 7]))
+    assert parts["feature"].item() == pytest.approx(feat_hand.item(), rel=1e-5)
+    assert parts["ce"].item() == pytest.approx(ce_hand.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(feat_hand.item() + 2.0 * ce_hand.item(), rel=1e-5)
+    assert feature_matching_loss(feats, support).item() == pytest.approx(feat_hand.item(), rel=1e-6)
