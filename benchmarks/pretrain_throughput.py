@@ -24,7 +24,8 @@ from common.datasets import get_spec
 from common.distributed import DistContext
 from common.transforms import train_transform
 from models import create_model, parse_model_kwargs
-from pretrain.loop import seed_epoch, train_loader, train_one_epoch
+from common.loaders import seed_epoch, train_loader
+from pretrain.loop import train_one_epoch
 
 
 def bare_loop(model, optimizer, batches) -> float:

@@ -31,7 +31,8 @@ from common.transforms import eval_transform, train_transform
 from models import create_model, model_names, parse_model_kwargs
 from models.bn_stats import compute_bn_statistics
 from models.teacher import FORMAT, TEACHER_FILE, load_state_dict_into, save_teacher
-from pretrain.loop import eval_loader, seed_epoch, train_loader, train_one_epoch
+from common.loaders import eval_loader, seed_epoch, train_loader
+from pretrain.loop import train_one_epoch
 
 log = logging.getLogger("wmdd.pretrain")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torchvision.io import decode_image
 from torchvision.utils import make_grid, save_image
 
 from common.datasets import DatasetSpec
 from common.io import atomic_write_bytes
 from common.transforms import denormalize
+from common.views import read_image
 
 #: At most this many classes (rows) and images per class (columns) in grid.png.
 GRID_MAX_CLASSES = 20
@@ -48,7 +48,7 @@ def write_grid(images_dir: Path, classes: list[str], path: Path) -> None:
     files = {c: sorted((images_dir / c).glob("*.png"))[:GRID_MAX_PER_CLASS] for c in shown}
     cols = max(len(f) for f in files.values())
     for c in shown:
-        imgs = [decode_image(str(f)) for f in files[c]]
+        imgs = [read_image(f) for f in files[c]]
         imgs += [torch.zeros_like(imgs[0])] * (cols - len(imgs))
         rows.extend(imgs)
     grid = make_grid(torch.stack(rows).float() / 255, nrow=cols, padding=2, pad_value=1.0)

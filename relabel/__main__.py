@@ -1,0 +1,164 @@
+"""``python -m relabel``: record the student's views and the teacher's soft labels.
+
+For each epoch ``e < --epochs`` it writes ``OUT/soft_labels/epoch_<e>.pt``
+(named tensors: the :class:`common.views.EpochPlan` plus ``values`` = the
+teacher's top-k logits in fp16, ``[N, k]`` in position order, and ``indices``
+= their class indices, int16/int32; with k >= classes all logits are stored in
+class order and there is no ``indices``), ``OUT/soft_labels/meta.json`` and,
+last, ``OUT/manifest.json``. A killed run re-run with the same command
+continues from the first missing epoch; ``torchrun`` shards epochs over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.cli import progress, run_main
+from common.config import parse_with_config, save_resolved_config
+from common.data import image_folder
+from common.distributed import setup
+from common.errors import UserError
+from common.io import atomic_torch_save, atomic_write_json, read_json, sha256_files
+from common.manifest import finished_with_same_args, jsonable, record_run_args, write_manifest
+from common.views import MIX_TYPES, PlannedBatches, ViewSettings, image_sizes, plan_epoch
+from models.teacher import check_classes, load_teacher
+
+log = logging.getLogger("wmdd.relabel")
+RESUME_IGNORES = ("workers", "device", "config")
+SOFT_LABELS = "soft_labels"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m relabel", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults)")
+    p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt)")
+    p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
+    p.add_argument("--output-dir", help="stage output directory")
+    p.add_argument("--epochs", type=int, default=300, help="student epochs to record")
+    p.add_argument("--batch-size", type=int, default=100, help="student batch size (train must use the same)")
+    p.add_argument("--input-size", type=int, help="view side in pixels (default: the teacher's)")
+    p.add_argument("--min-scale-crops", type=float, default=0.08)
+    p.add_argument("--max-scale-crops", type=float, default=1.0)
+    p.add_argument("--mix-type", default="cutmix", choices=MIX_TYPES)
+    p.add_argument("--mix-alpha", type=float, default=1.0, help="lambda ~ Beta(alpha, alpha)")
+    p.add_argument("--top-k", type=int, default=100,
+                   help="logits kept per view (all classes when >= the number of classes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the teacher (meant for CUDA)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers building the views")
+    return p
+
+
+def view_settings(args) -> ViewSettings:
+    """The :class:`ViewSettings` of relabel arguments (after ``input_size`` is resolved)."""
+    settings = ViewSettings(batch_size=args.batch_size, input_size=args.input_size, min_scale=args.min_scale_crops,
+                            max_scale=args.max_scale_crops, mix_type=args.mix_type, mix_alpha=args.mix_alpha)
+    settings.check()
+    return settings
+
+
+def list_images(images_dir: str | Path) -> tuple[list[str], list[int], list[str]]:
+    """``(relative paths, labels, classes)`` of an ImageFolder of distilled images, sorted.
+
+    Raises:
+        UserError: missing directory, no class folder, or an empty class folder.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: image directory not found; pass recover's OUT/images (or any ImageFolder)")
+    ds = image_folder(images_dir)
+    rel = [str(Path(p).relative_to(images_dir)) for p, _ in ds.samples]
+    return rel, [t for _, t in ds.samples], ds.classes
+
+
+def epoch_file(out: Path, epoch: int) -> Path:
+    return out / SOFT_LABELS / f"epoch_{epoch:04d}.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_with_config(build_parser(), argv, "relabel")
+    for name in ("teacher", "images", "output_dir"):
+        if not getattr(args, name):
+            raise UserError(f"--{name.replace('_', '-')} is required")
+    if args.epochs < 1 or args.top_k < 1:
+        raise UserError(f"--epochs and --top-k must be >= 1, got {args.epochs} and {args.top_k}")
+    out = Path(args.output_dir)
+    ctx = setup(args.device)
+    teacher = load_teacher(args.teacher, ctx.device)
+    args.input_size = args.input_size or teacher.input_size
+    settings = view_settings(args)
+    run_args = {k: v for k, v in jsonable(vars(args)).items() if k not in RESUME_IGNORES}
+    if finished_with_same_args(out, "relabel", run_args):
+        log.info("%s: already finished with these arguments; nothing to do", out)
+        return 0
+    rel, labels, classes = list_images(args.images)
+    check_classes(teacher, classes, str(args.images))
+    images_dir = Path(args.images)
+    k = min(args.top_k, len(classes))
+    meta = {"seed": args.seed, "batch_size": args.batch_size, "epochs": args.epochs, "input_size": args.input_size,
+            "min_scale_crops": args.min_scale_crops, "max_scale_crops": args.max_scale_crops,
+            "mix_type": args.mix_type, "mix_alpha": args.mix_alpha, "top_k": k, "num_classes": len(classes),
+            "classes": classes, "dataset": teacher.spec.to_dict(),
+            "teacher": {"path": str(teacher.path.resolve()), "sha256": teacher.sha256, "model": teacher.name},
+            "images": {"root": str(images_dir.resolve()), "sha256": sha256_files(images_dir, rel),
+                       "files": rel, "labels": labels}}
+    if ctx.is_main:
+        record_run_args(out, "relabel", run_args)
+        meta_path = out / SOFT_LABELS / "meta.json"
+        if meta_path.exists() and read_json(meta_path, "soft-label meta") != meta:
+            raise UserError(f"{meta_path}: the images or the teacher changed since this run started; "
+                            "use another --output-dir")
+        atomic_write_json(meta_path, meta)
+        save_resolved_config(args, out / "config.yaml")
+    ctx.barrier()
+
+    paths = [images_dir / r for r in rel]
+    sizes = image_sizes(paths)
+    todo = [e for e in ctx.shard(args.epochs) if not epoch_file(out, e).exists()]
+    log.info("%d images, %d classes, %d epochs (%d to do on this rank), batch %d, %d px, top-%d, %s",
+             len(rel), len(classes), args.epochs, len(todo), args.batch_size, args.input_size, k, args.mix_type)
+    for e in progress(todo, "relabel epochs", ctx.is_main):
+        plan = plan_epoch(sizes, settings, args.seed, e)
+        loader = DataLoader(PlannedBatches(paths, plan, teacher.spec, settings), batch_size=None,
+                            num_workers=args.workers)
+        values, indices = [], []
+        with torch.no_grad():
+            for item in loader:
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    logits = teacher.model(item["views"].to(ctx.device))
+                logits = logits.float()
+                if k < len(classes):
+                    top = logits.topk(k, dim=1)
+                    values.append(top.values.half().cpu())
+                    indices.append(top.indices.cpu())
+                else:
+                    values.append(logits.half().cpu())
+        record = {**plan.to_tensors(), "values": torch.cat(values)}
+        if indices:
+            record["indices"] = torch.cat(indices).to(torch.int16 if len(classes) <= 2 ** 15 else torch.int32)
+        atomic_torch_save(record, epoch_file(out, e))
+    ctx.barrier()
+    if ctx.is_main:
+        files = [epoch_file(out, e) for e in range(args.epochs)]
+        total = sum(f.stat().st_size for f in files)
+        per = total / (len(rel) * args.epochs)
+        label_bytes = k * (2 if k == len(classes) else 4)
+        log.info("wrote %d bytes of soft labels: %.1f bytes per image-epoch (%d of them logits%s)", total, per,
+                 label_bytes, "" if k == len(classes) else " and indices")
+        write_manifest(out, stage="relabel", args=run_args, outputs=[SOFT_LABELS], dataset=teacher.spec.to_dict(),
+                       classes=classes, model=teacher.name, inputs={"teacher": teacher.path},
+                       extra={"bytes": total, "bytes_per_image_epoch": per, "label_bytes_per_image_epoch": label_bytes,
+                              "num_images": len(rel), "epochs": args.epochs, "top_k": k})
+    ctx.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

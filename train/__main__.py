@@ -1,0 +1,369 @@
+"""``python -m train``: train a student from scratch and evaluate it on the real validation split.
+
+Distilled images (``--images``), replaying relabel's recorded views with:
+
+* soft labels (default, ``--soft-labels RELABEL_DIR``): KL at temperature T
+  against the stored top-k teacher logits (FKD);
+* ``--online-teacher TEACHER_DIR``: the teacher labels the same kind of views
+  on the fly (nothing stored);
+* ``--hard-labels``: cross-entropy on folder labels, mixed by CutMix/MixUp.
+
+A full real train split (``--train-dir``) with labels from
+``--pseudo-label-csv`` (or folder labels with ``--hard-labels``), plus
+distillation with ``--online-teacher``.
+
+Writes ``OUT/metrics.jsonl``, ``OUT/results.json`` (top-1/top-5 in percent),
+``OUT/last.pt`` (resume) and, last, ``OUT/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from common.cli import progress, run_main
+from common.config import parse_with_config, save_resolved_config
+from common.data import image_folder, split_dir, with_transform
+from common.datasets import DatasetSpec, dataset_names, get_spec
+from common.distributed import DistContext, setup
+from common.errors import UserError
+from common.io import atomic_write_json
+from common.loaders import eval_loader, seed_epoch, train_loader
+from common.manifest import finished_with_same_args, jsonable, write_manifest
+from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
+                             save_resume_state, unwrap)
+from common.transforms import eval_transform, train_transform
+from common.views import MIX_TYPES, PlannedBatches, ViewSettings, image_sizes, plan_epoch
+from models import create_model, model_names, parse_model_kwargs
+from models.teacher import Teacher, load_teacher
+from train.data import ImageSet, load_image_set, load_sample_weights, relabelled
+from train.losses import kd_loss, mixed_cross_entropy
+from train.pseudo_labels import parse_pseudo_label_csv, summarize
+from train.soft_labels import SoftLabels
+
+log = logging.getLogger("wmdd.train")
+RESUME_IGNORES = ("workers", "device", "config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults)")
+    p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
+    p.add_argument("--soft-labels", help="relabel output directory")
+    p.add_argument("--online-teacher", help="teacher directory: label views on the fly")
+    p.add_argument("--hard-labels", action="store_true", help="cross-entropy on folder labels")
+    p.add_argument("--teacher", help="with --soft-labels: check they were recorded with this teacher")
+    p.add_argument("--train-dir", help="full real train split to train on (with --pseudo-label-csv or --hard-labels)")
+    p.add_argument("--pseudo-label-csv", help="CSV with image_path, pseudo_label_class_index")
+    p.add_argument("--allow-unmatched", action="store_true", help="train images without a CSV row are dropped")
+    p.add_argument("--data-path", help="real dataset root; its val/ (or test/) split is the evaluation set")
+    p.add_argument("--dataset", help=f"dataset spec for --hard-labels/--train-dir runs ({', '.join(dataset_names())})")
+    p.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("-T", "--temperature", type=float, default=20.0)
+    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of distillation added to pseudo-label CE")
+    p.add_argument("--opt", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--wd", type=float, default=0.01, help="weight decay")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "none"])
+    p.add_argument("--cos", dest="lr_scheduler", action="store_const", const="cosine",
+                   help="cosine schedule (WMDD's spelling)")
+    p.add_argument("--input-size", type=int, help="view side in pixels (default: recorded / teacher / dataset)")
+    p.add_argument("--min-scale-crops", type=float, help="views without stored soft labels (default 0.08)")
+    p.add_argument("--max-scale-crops", type=float, help="views without stored soft labels (default 1.0)")
+    p.add_argument("--mix-type", choices=MIX_TYPES, help="views without stored soft labels (default cutmix)")
+    p.add_argument("--mix-alpha", type=float, help="views without stored soft labels (default 1.0)")
+    p.add_argument("--sample-weights", help="per-image weights CSV (default: recover's sample_weights.csv)")
+    p.add_argument("--no-sample-weights", action="store_true", help="ignore sample weights")
+    p.add_argument("--val-every", type=int, default=10, help="evaluate every N epochs (and at the end)")
+    p.add_argument("--val-per-class", type=int, help="evaluate on a seeded choice of N images per class")
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--output-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    return p
+
+
+def training_mode(args) -> str:
+    """``soft``, ``online``, ``hard`` (planned views of --images) or ``real`` (--train-dir).
+
+    Raises:
+        UserError: missing or conflicting options.
+    """
+    for name in ("data_path", "output_dir"):
+        if not getattr(args, name):
+            raise UserError(f"--{name.replace('_', '-')} is required")
+    if args.epochs < 1 or args.batch_size < 1 or args.val_every < 1:
+        raise UserError("--epochs, --batch-size and --val-every must be >= 1")
+    if args.train_dir:
+        if args.images or args.soft_labels:
+            raise UserError("--train-dir trains on real images: drop --images/--soft-labels")
+        if not (args.pseudo_label_csv or args.hard_labels):
+            raise UserError("--train-dir needs labels: --pseudo-label-csv FILE or --hard-labels (folder labels)")
+        if args.pseudo_label_csv and args.hard_labels:
+            raise UserError("--pseudo-label-csv and --hard-labels are alternatives; pass one")
+        return "real"
+    if args.pseudo_label_csv:
+        raise UserError("--pseudo-label-csv needs --train-dir REAL_ROOT/train")
+    if not args.images:
+        raise UserError("pass --images DIR (distilled images) or --train-dir DIR (a real train split)")
+    chosen = [m for m, on in (("soft", bool(args.soft_labels)), ("online", bool(args.online_teacher)),
+                              ("hard", args.hard_labels)) if on]
+    if len(chosen) != 1:
+        raise UserError("pass exactly one of --soft-labels DIR, --online-teacher DIR, --hard-labels")
+    return chosen[0]
+
+
+class StudentRun:
+    """Everything one training run needs, resolved from the arguments."""
+
+    def __init__(self, args, ctx: DistContext):
+        self.args, self.ctx = args, ctx
+        self.mode = training_mode(args)
+        self.teacher: Teacher | None = None
+        self.soft: SoftLabels | None = None
+        self.images: ImageSet | None = None
+        self.weights: torch.Tensor | None = None
+        if args.online_teacher:
+            self.teacher = load_teacher(args.online_teacher, ctx.device)
+        if self.mode == "real":
+            self._setup_real()
+        else:
+            self._setup_planned()
+        val_dir = split_dir(args.data_path, "val")
+        self.val = image_folder(val_dir, eval_transform(self.spec, self.input_size), classes=self.classes,
+                                per_class=args.val_per_class, seed=args.seed)
+
+    def _spec_from_args(self) -> DatasetSpec:
+        if self.teacher is not None:
+            return self.teacher.spec
+        if not self.args.dataset:
+            raise UserError("--dataset is required with --hard-labels or --train-dir (it sets the normalisation "
+                            "and the model stem); e.g. --dataset cifar10")
+        return get_spec(self.args.dataset)
+
+    def _setup_planned(self) -> None:
+        args = self.args
+        self.images = load_image_set(args.images)
+        self.classes = self.images.classes
+        view_args = {"min_scale_crops": args.min_scale_crops, "max_scale_crops": args.max_scale_crops,
+                     "mix_type": args.mix_type, "mix_alpha": args.mix_alpha}
+        if self.mode == "soft":
+            self.soft = SoftLabels(args.soft_labels)
+            given = [k for k, v in view_args.items() if v is not None]
+            if given:
+                raise UserError(f"--{given[0].replace('_', '-')}: views are fixed by the recorded soft labels "
+                                f"({self.soft.dir}); drop the option or re-run relabel")
+            teacher_sha = load_teacher(args.teacher).sha256 if args.teacher else None
+            self.soft.check(batch_size=args.batch_size, epochs=args.epochs, images_dir=self.images.root,
+                            files=self.images.files, images_sha256=self.images.sha256(),
+                            input_size=args.input_size, teacher_sha256=teacher_sha)
+            if self.soft.meta["classes"] != self.classes:
+                raise UserError(f"{args.images}: class folders differ from the soft labels' classes")
+            self.spec = DatasetSpec.from_dict(self.soft.meta["dataset"])
+            self.settings = self.soft.settings
+        else:
+            self.spec = self._spec_from_args()
+            size = args.input_size or (self.teacher.input_size if self.teacher else self.spec.image_size)
+            self.settings = ViewSettings(batch_size=args.batch_size, input_size=size,
+                                         min_scale=args.min_scale_crops or 0.08, max_scale=args.max_scale_crops or 1.0,
+                                         mix_type=args.mix_type or "cutmix", mix_alpha=args.mix_alpha or 1.0)
+            self.settings.check()
+            self.sizes = image_sizes(self.images.paths)
+        if self.teacher is not None and self.teacher.classes != self.classes:
+            raise UserError(f"{args.images}: class folders differ from the teacher's ({self.teacher.path})")
+        self.input_size = self.settings.input_size
+        weights_file = args.sample_weights or (self.images.root.parent / "sample_weights.csv")
+        if not args.no_sample_weights and (args.sample_weights or Path(weights_file).is_file()):
+            self.weights = load_sample_weights(weights_file, self.images)
+            log.info("per-image weights from %s (min %.3f, max %.3f)", weights_file, float(self.weights.min()),
+                     float(self.weights.max()))
+
+    def _setup_real(self) -> None:
+        args = self.args
+        self.spec = self._spec_from_args()
+        self.input_size = args.input_size or (self.teacher.input_size if self.teacher else self.spec.image_size)
+        folder = image_folder(args.train_dir)
+        self.classes = folder.classes
+        if self.teacher is not None and self.teacher.classes != self.classes:
+            raise UserError(f"{args.train_dir}: class folders differ from the teacher's ({self.teacher.path})")
+        transform = train_transform(self.spec, self.input_size)
+        if args.pseudo_label_csv:
+            parsed = parse_pseudo_label_csv(args.pseudo_label_csv, dataset_root=args.data_path,
+                                            train_dir=args.train_dir, train_images=[p for p, _ in folder.samples],
+                                            num_classes=len(self.classes), allow_unmatched=args.allow_unmatched)
+            true = {os.path.realpath(p): t for p, t in folder.samples}
+            log.info("pseudo labels %s: %s", args.pseudo_label_csv, summarize(parsed, true, len(self.classes)))
+            self.real = relabelled(args.train_dir, parsed.labels, transform)
+        else:
+            self.real = with_transform(folder, transform)
+
+    def num_images(self) -> int:
+        return len(self.real) if self.mode == "real" else len(self.images.files)
+
+    def batches(self, epoch: int):
+        """``(iterable of batches, plan or None, teacher logits or None)`` of ``epoch``."""
+        args, ctx = self.args, self.ctx
+        if self.mode == "real":
+            loader = train_loader(self.real, batch_size=args.batch_size, workers=args.workers, seed=args.seed, ctx=ctx)
+            seed_epoch(loader, args.seed, epoch, ctx)
+            return loader, None, None
+        if self.mode == "soft":
+            plan, logits = self.soft.epoch(epoch)
+        else:
+            plan, logits = plan_epoch(self.sizes, self.settings, args.seed, epoch), None
+        dataset = PlannedBatches(self.images.paths, plan, self.spec, self.settings, ctx.rank, ctx.world_size)
+        loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,
+                            pin_memory=ctx.device.type == "cuda")
+        return loader, plan, logits
+
+    def loss(self, model: nn.Module, batch, plan, logits) -> tuple[torch.Tensor | None, int]:
+        """Loss of one batch, or ``(None, 0)`` for a batch with fewer positions than ranks (skipped by all)."""
+        args, dev = self.args, self.ctx.device
+        if self.mode == "real":
+            images, labels = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
+            out = self._forward(model, images)
+            loss = nn.functional.cross_entropy(out.float(), labels)
+            if self.teacher is not None:
+                loss = loss + args.kd_weight * kd_loss(out, self._teach(images), args.temperature)
+            return loss, len(labels)
+        b = int(batch["batch"])
+        if len(plan.positions(b)) < self.ctx.world_size:
+            return None, 0
+        views, pos = batch["views"].to(dev, non_blocking=True), batch["positions"]
+        own, other = plan.order[pos], plan.order[plan.partner[pos]]
+        lam = plan.lam[b].expand(len(pos))
+        weights = None
+        if self.weights is not None:
+            weights = (lam * self.weights[own] + (1 - lam) * self.weights[other]).to(dev)
+        out = self._forward(model, views)
+        if self.mode == "hard":
+            loss = mixed_cross_entropy(out, self.images.labels[own].to(dev), self.images.labels[other].to(dev),
+                                       lam.to(dev), weights)
+        else:
+            target = logits[pos].to(dev) if self.mode == "soft" else self._teach(views)
+            loss = kd_loss(out, target, args.temperature, weights)
+        return loss, len(pos)
+
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.args.amp):
+            return model(x)
+
+    @torch.no_grad()
+    def _teach(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.teacher.model, x).float()
+
+
+def train_epoch(run: StudentRun, model: nn.Module, batches, plan, logits, optimizer) -> dict:
+    """One epoch of student training; returns loss and throughput for this rank."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.ctx.device)
+    count = 0
+    start = time.perf_counter()
+    for batch in batches:
+        loss, n = run.loss(model, batch, plan, logits)
+        if loss is None:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * n
+        count += n
+    seconds = time.perf_counter() - start
+    return {"train_loss": float(loss_sum) / max(1, count), "images": count, "seconds": seconds,
+            "images_per_s": count / max(seconds, 1e-9)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_with_config(build_parser(), argv, "train")
+    training_mode(args)
+    out = Path(args.output_dir)
+    run_args = {k: v for k, v in jsonable(vars(args)).items() if k not in RESUME_IGNORES}
+    if finished_with_same_args(out, "train", run_args):
+        log.info("%s: already finished with these arguments; nothing to do", out)
+        return 0
+    ctx = setup(args.device)
+    run = StudentRun(args, ctx)
+    log.info("%s training of %s on %d images (%d classes, %d px), %d epochs, batch %d, %s (x%d)", run.mode,
+             args.model, run.num_images(), len(run.classes), run.input_size, args.epochs, args.batch_size,
+             ctx.device, ctx.world_size)
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, num_classes=len(run.classes), dataset=run.spec, input_size=run.input_size,
+                         **parse_model_kwargs(args.model, args.model_kwargs)).to(ctx.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else model
+    optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.wd,
+                                momentum=args.momentum)
+    scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(args, out / "config.yaml")
+    metrics = MetricsLog(out / "metrics.jsonl")
+    start, val = 0, None
+    state = load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, val = state["epoch"], state["extra"].get("val")
+        log.info("resuming from %s after epoch %d", out / "last.pt", start)
+    if ctx.is_main:
+        metrics.truncate(start)
+    vloader = eval_loader(run.val, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
+    for epoch in range(start, args.epochs):
+        batches, plan, logits = run.batches(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_epoch(run, ddp, progress(batches, f"epoch {epoch + 1}/{args.epochs}", ctx.is_main),
+                            plan, logits, optimizer)
+        scheduler.step()
+        record = {"epoch": epoch, "lr": lr, **stats}
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+            ctx.broadcast_buffers(model)
+            val = evaluate(model, vloader, ctx, amp=args.amp)
+            record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+            log.info("epoch %d/%d  loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s", epoch + 1, args.epochs,
+                     stats["train_loss"], val["top1"], val["top5"], stats["images_per_s"])
+        if ctx.is_main:
+            metrics.write(record)
+            save_resume_state(out / "last.pt", args=run_args, epoch=epoch + 1, model=model, optimizer=optimizer,
+                              scheduler=scheduler, extra={"val": val})
+    if ctx.is_main:
+        results = {"top1": val["top1"], "top5": val["top5"], "epochs": args.epochs, "model": args.model,
+                   "images": str(Path(args.images or args.train_dir).resolve()), "num_images": run.num_images(),
+                   "mode": run.mode, "val_images": val["count"]}
+        atomic_write_json(out / "results.json", results)
+        inputs = {}
+        if run.soft is not None:
+            inputs["soft_labels_meta"] = run.soft.dir / "soft_labels" / "meta.json"
+        if run.teacher is not None:
+            inputs["teacher"] = run.teacher.path
+        write_manifest(out, stage="train", args=run_args, outputs=["results.json", "metrics.jsonl", "last.pt",
+                                                                   "config.yaml"],
+                       dataset=run.spec.to_dict(), classes=run.classes, model=args.model, inputs=inputs,
+                       extra={"results": results})
+        log.info("student %s: top-1 %.2f%%  top-5 %.2f%% on %d real val images", args.model, val["top1"],
+                 val["top5"], val["count"])
+    ctx.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,104 @@
+"""Inputs of the train stage: the distilled image set, its sample weights and
+the real train split relabelled from a pseudo-label CSV."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common.data import image_folder
+from common.errors import UserError
+from common.io import sha256_files
+
+log = logging.getLogger("wmdd.train")
+
+
+@dataclass
+class ImageSet:
+    """An ImageFolder of (distilled) images.
+
+    Attributes:
+        root: the folder.
+        files: image paths relative to ``root``, sorted (image index order).
+        labels: int64 ``[N]`` folder labels.
+        classes: class folder names.
+    """
+
+    root: Path
+    files: list[str]
+    labels: torch.Tensor
+    classes: list[str]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.root / f for f in self.files]
+
+    def sha256(self) -> str:
+        """Hash of the file names and contents (see :func:`common.io.sha256_files`)."""
+        return sha256_files(self.root, self.files)
+
+
+def load_image_set(images_dir: str | Path) -> ImageSet:
+    """The images of ``images_dir/<class>/*``.
+
+    Raises:
+        UserError: missing directory, no class folders or an empty class folder.
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: image directory not found; pass recover's OUT/images (or any ImageFolder)")
+    ds = image_folder(root)
+    return ImageSet(root, [str(Path(p).relative_to(root)) for p, _ in ds.samples],
+                    torch.tensor(ds.targets, dtype=torch.int64), ds.classes)
+
+
+def load_sample_weights(csv_path: str | Path, images: ImageSet) -> torch.Tensor:
+    """Per-image weights ``[N]`` float32 from recover's ``sample_weights.csv``
+    (columns ``image_path`` relative to the image folder, ``weight``).
+
+    Raises:
+        UserError: missing columns, a row for an unknown image, a non-positive
+            or non-numeric weight, or images without a row.
+    """
+    csv_path = Path(csv_path)
+    try:
+        table = pd.read_csv(csv_path, dtype={"image_path": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{csv_path}: cannot read sample weights ({exc})") from None
+    if not {"image_path", "weight"} <= set(table.columns):
+        raise UserError(f"{csv_path}: needs columns image_path and weight")
+    index = {f: i for i, f in enumerate(images.files)}
+    weights = torch.full((len(images.files),), float("nan"))
+    for row, (path, w) in enumerate(zip(table["image_path"], table["weight"]), start=1):
+        if path not in index:
+            raise UserError(f"{csv_path}: row {row}: {path!r} is not an image of {images.root}; "
+                            "pass --no-sample-weights or the matching weights file")
+        try:
+            w = float(w)
+        except (TypeError, ValueError):
+            raise UserError(f"{csv_path}: row {row}: weight {w!r} is not a number") from None
+        if not w > 0:
+            raise UserError(f"{csv_path}: row {row}: weight {w} must be positive")
+        weights[index[path]] = w
+    missing = [images.files[i] for i in torch.isnan(weights).nonzero().flatten().tolist()]
+    if missing:
+        raise UserError(f"{csv_path}: {len(missing)} images of {images.root} have no weight (first: {missing[0]}); "
+                        "pass --no-sample-weights or the matching weights file")
+    return weights
+
+
+def relabelled(train_dir: str | Path, labels: dict[str, int], transform):
+    """The ImageFolder of ``train_dir`` restricted to the images in ``labels``
+    (real path -> label), each with its label from ``labels``."""
+    import os
+
+    ds = image_folder(train_dir, transform)
+    ds.samples = [(p, labels[os.path.realpath(p)]) for p, _ in ds.samples if os.path.realpath(p) in labels]
+    ds.imgs = ds.samples
+    ds.targets = [t for _, t in ds.samples]
+    return ds
