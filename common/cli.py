@@ -48,7 +48,7 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
 
 
 def progress(iterable: Iterable, desc: str, enabled: bool = True, total: int | None = None) -> Iterable:
-    """A tqdm progress bar on rank 0 (``enabled``); refreshed at most every
-    30 s when stderr is not a terminal, so log files stay short."""
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    """A tqdm progress bar on rank 0 (``enabled``) when stderr is a terminal; log
+    files get the stages' log lines only."""
+    return tqdm(iterable, desc=desc, total=total, disable=not (enabled and sys.stderr.isatty()), leave=False,
+                dynamic_ncols=True)

@@ -10,20 +10,22 @@ For epoch ``e`` of the student, :func:`plan_epoch` draws from ``(seed, e)``:
 * each batch's mix: the partner of every position (a permutation inside the
   batch), the coefficient lambda and, for CutMix, the pasted box.
 
-:class:`PlannedBatches` is a map-style dataset whose item ``b`` is batch ``b``
-of a plan, built from the image files exactly as recorded, so a standard
-``DataLoader`` with worker processes replays it (no patched PyTorch).
+:class:`PlannedBatches` is a map-style dataset whose item ``(epoch, b)`` is
+batch ``b`` of that epoch's plan, built from the image files exactly as
+recorded, so a standard ``DataLoader`` with worker processes replays it (no
+patched PyTorch).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 from torchvision.transforms.v2 import functional as F
 
@@ -211,41 +213,93 @@ def mix_views(own: torch.Tensor, other: torch.Tensor, lam: float, mix_box: torch
     return own
 
 
+class DrawnEpochs:
+    """Epoch plans drawn on demand from ``(seed, epoch)`` (relabel; online-teacher
+    and hard-label training). Picklable, so DataLoader workers draw them too."""
+
+    def __init__(self, sizes: list[tuple[int, int]], settings: ViewSettings, seed: int):
+        self.sizes, self.settings, self.seed = sizes, settings, seed
+
+    def __call__(self, epoch: int) -> tuple[EpochPlan, torch.Tensor | None]:
+        return plan_epoch(self.sizes, self.settings, self.seed, epoch), None
+
+
 class PlannedBatches(Dataset):
-    """Item ``b`` = the views of batch ``b`` of ``plan``, exactly as recorded.
+    """Item ``(epoch, b)`` = the views of batch ``b`` of epoch ``epoch``'s plan, exactly
+    as recorded, with what the loss needs. Each worker keeps the plan of the epoch it
+    is on, so one DataLoader (with its workers) serves every epoch of a run.
 
     Under ``torchrun`` each rank takes every ``world_size``-th position of each
     batch (starting at ``rank``), so the ranks together cover each batch once.
 
     Args:
         paths: image files in image-index order.
-        plan: the epoch's :class:`EpochPlan`.
+        source: ``epoch -> (EpochPlan, teacher logits [N, K] or None)``, e.g.
+            :class:`DrawnEpochs` or the train stage's stored soft labels.
         spec: normalisation.
         settings: view size and mix type.
         rank, world_size: this process's share of each batch.
 
     Item:
-        ``{"views": float32 [n, 3, S, S], "positions": int64 [n], "batch": int64 []}``
-        (``n`` may be 0 on a rank when the batch has fewer positions than ranks).
+        ``{"views": float32 [n, 3, S, S], "positions": int64 [n], "own": int64 [n]
+        (image index), "other": int64 [n] (image index of the mixed-in partner),
+        "lam": float32 [] (weight of the own view), "epoch", "batch", "batch_len":
+        int64 [], and "targets": float32 [n, K] when the source has logits}``.
+        ``n`` may be 0 on a rank when the batch has fewer positions than ranks.
     """
 
-    def __init__(self, paths: list[str | Path], plan: EpochPlan, spec: DatasetSpec, settings: ViewSettings,
+    def __init__(self, paths: list[str | Path], source, spec: DatasetSpec, settings: ViewSettings,
                  rank: int = 0, world_size: int = 1):
-        self.paths, self.plan, self.spec, self.settings = [str(p) for p in paths], plan, spec, settings
+        self.paths, self.source, self.spec, self.settings = [str(p) for p in paths], source, spec, settings
         self.rank, self.world_size = rank, world_size
+        self._epoch: int | None = None
+        self._plan: EpochPlan | None = None
+        self._logits: torch.Tensor | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.paths) / self.settings.batch_size)
+
+    def keys(self, epochs) -> list[tuple[int, int]]:
+        """``(epoch, batch)`` of every batch of ``epochs``, in order (the loader's sampler)."""
+        return [(e, b) for e in epochs for b in range(self.batches_per_epoch)]
+
+    def plan(self, epoch: int) -> tuple[EpochPlan, torch.Tensor | None]:
+        """The plan (and logits) of ``epoch``, cached for consecutive batches."""
+        if self._epoch != epoch:
+            self._plan, self._logits = self.source(epoch)
+            self._epoch = epoch
+        return self._plan, self._logits
 
     def __len__(self) -> int:
-        return self.plan.num_batches
+        return self.batches_per_epoch
 
-    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
-        plan, s = self.plan, self.settings.input_size
-        mine = torch.tensor(plan.positions(b)[self.rank::self.world_size], dtype=torch.int64)
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, b = key
+        plan, logits = self.plan(epoch)
+        s = self.settings.input_size
+        batch = plan.positions(b)
+        mine = torch.tensor(batch[self.rank::self.world_size], dtype=torch.int64)
+        item = {"positions": mine, "own": plan.order[mine], "other": plan.order[plan.partner[mine]],
+                "lam": plan.lam[b], "epoch": torch.tensor(epoch), "batch": torch.tensor(b),
+                "batch_len": torch.tensor(len(batch))}
+        if logits is not None:
+            item["targets"] = logits[mine]
         if len(mine) == 0:
-            return {"views": torch.empty(0, 3, s, s), "positions": mine, "batch": torch.tensor(b)}
+            item["views"] = torch.empty(0, 3, s, s)
+            return item
         needed = sorted(set(mine.tolist()) | set(plan.partner[mine].tolist()))
         base = {p: base_view(read_image(self.paths[int(plan.order[p])]), plan.boxes[p], bool(plan.flips[p]), s,
                              self.spec) for p in needed}
         own = torch.stack([base[p] for p in mine.tolist()])
         other = torch.stack([base[p] for p in plan.partner[mine].tolist()])
-        views = mix_views(own, other, float(plan.lam[b]), plan.mix_boxes[b], self.settings.mix_type)
-        return {"views": views, "positions": mine, "batch": torch.tensor(b)}
+        item["views"] = mix_views(own, other, float(plan.lam[b]), plan.mix_boxes[b], self.settings.mix_type)
+        return item
+
+
+def planned_loader(dataset: PlannedBatches, epochs, workers: int, pin_memory: bool = False):
+    """``(epoch, batches)`` pairs over ``epochs`` from one DataLoader: workers start
+    once per run, not once per epoch (tiny distilled sets have one batch per epoch)."""
+    loader = DataLoader(dataset, batch_size=None, sampler=dataset.keys(epochs), num_workers=workers,
+                        pin_memory=pin_memory)
+    return ((epoch, items) for epoch, items in itertools.groupby(loader, key=lambda item: int(item["epoch"])))

@@ -74,6 +74,30 @@ def load_state_dict_into(model: nn.Module, state_dict: dict, path: Path, name: s
                         "check --model, --model-kwargs, --input-size and the dataset") from None
 
 
+def read_weights(path: str | Path, model: str, kwargs: dict) -> tuple[str, dict, dict, int | None]:
+    """Weights from a teacher.pt (architecture from the file) or a plain state dict
+    (architecture ``model``/``kwargs`` from the caller; ``{"state_dict": ...}`` and
+    ``{"model": ...}`` wrappers and ``module.`` prefixes accepted).
+
+    Returns:
+        ``(model name, model kwargs, state dict, input size or None)``.
+
+    Raises:
+        UserError: missing/corrupt file, or not a state dict.
+    """
+    path = Path(path)
+    ckpt = torch_load(path, "weights")
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        m = ckpt["model"]
+        return m["name"], m["kwargs"], ckpt["state_dict"], m["input_size"]
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise UserError(f"{path}: expected a teacher.pt or a state dict (name -> tensor)")
+    return model, kwargs, ckpt, None
+
+
 def save_teacher(path: str | Path, *, model: nn.Module, name: str, kwargs: dict, classes: list[str],
                  spec: DatasetSpec, input_size: int, bn_stats: dict | None, args: dict,
                  val: dict | None) -> None:
@@ -121,6 +145,27 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu", require_b
     return Teacher(model=model, name=m["name"], kwargs=dict(m["kwargs"]), classes=list(ckpt["classes"]),
                    spec=spec, input_size=int(m["input_size"]), bn_stats=ckpt.get("bn_stats"),
                    path=file, sha256=sha256_file(file), val=ckpt.get("val"))
+
+
+def load_any_teacher(path: str | Path, *, model: str, kwargs: dict, spec: DatasetSpec, classes: list[str],
+                     input_size: int | None, device: torch.device | str = "cpu") -> Teacher:
+    """A :class:`Teacher` from a teacher.pt / pretrain directory (everything from the
+    file) or from a plain state dict (architecture ``model``/``kwargs``, ``spec``,
+    ``classes`` and ``input_size`` from the caller; no BN statistics).
+
+    Raises:
+        UserError: missing/corrupt file or weights that do not fit.
+    """
+    file = teacher_file(path)
+    name, kwargs, state, file_size = read_weights(file, model, kwargs)
+    if file_size is not None:
+        return load_teacher(file, device)
+    size = input_size or spec.image_size
+    net = create_model(name, num_classes=len(classes), dataset=spec, input_size=size, **kwargs)
+    load_state_dict_into(net, state, file, name)
+    net.to(device).eval()
+    return Teacher(model=net, name=name, kwargs=kwargs, classes=list(classes), spec=spec, input_size=size,
+                   bn_stats=None, path=file, sha256=sha256_file(file), val=None)
 
 
 def check_classes(teacher: Teacher, classes: list[str], where: str) -> None:

@@ -23,14 +23,13 @@ from common.data import load_splits, with_transform
 from common.datasets import dataset_names, resolve_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
-from common.io import torch_load
 from common.manifest import finished_with_same_args, jsonable, write_manifest
 from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
                              save_resume_state, unwrap)
 from common.transforms import eval_transform, train_transform
 from models import create_model, model_names, parse_model_kwargs
 from models.bn_stats import compute_bn_statistics
-from models.teacher import FORMAT, TEACHER_FILE, load_state_dict_into, save_teacher
+from models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
 from common.loaders import eval_loader, seed_epoch, train_loader
 from pretrain.loop import train_one_epoch
 
@@ -87,23 +86,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
 
 
-def _load_existing_weights(args: argparse.Namespace, model_kwargs: dict) -> tuple[str, dict, dict, int | None]:
-    """``(model name, kwargs, state dict, input size)`` from ``--teacher``: our teacher.pt
-    (architecture from the file) or a plain state dict (architecture from the CLI)."""
-    path = Path(args.teacher)
-    ckpt = torch_load(path, "teacher weights")
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        m = ckpt["model"]
-        return m["name"], m["kwargs"], ckpt["state_dict"], m["input_size"]
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise UserError(f"{path}: expected a teacher.pt or a state dict (name -> tensor)")
-    return args.model, model_kwargs, ckpt, None
-
-
 def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
     """Train ``model`` for ``args.epochs`` epochs with resume; returns the last validation result."""
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
@@ -156,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     name, size = args.model, args.input_size
     state_dict = None
     if args.stats_only:
-        name, model_kwargs, state_dict, file_size = _load_existing_weights(args, model_kwargs)
+        name, model_kwargs, state_dict, file_size = read_weights(args.teacher, args.model, model_kwargs)
         size = size or file_size
     train_raw, val_set = load_splits(args.data_path, train_per_class=args.train_per_class,
                                      val_per_class=args.val_per_class, seed=args.seed)

@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
@@ -25,7 +24,7 @@ from common.distributed import setup
 from common.errors import UserError
 from common.io import atomic_torch_save, atomic_write_json, read_json, sha256_files
 from common.manifest import finished_with_same_args, jsonable, record_run_args, write_manifest
-from common.views import MIX_TYPES, PlannedBatches, ViewSettings, image_sizes, plan_epoch
+from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models.teacher import check_classes, load_teacher
 
 log = logging.getLogger("wmdd.relabel")
@@ -124,13 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = [e for e in ctx.shard(args.epochs) if not epoch_file(out, e).exists()]
     log.info("%d images, %d classes, %d epochs (%d to do on this rank), batch %d, %d px, top-%d, %s",
              len(rel), len(classes), args.epochs, len(todo), args.batch_size, args.input_size, k, args.mix_type)
-    for e in progress(todo, "relabel epochs", ctx.is_main):
-        plan = plan_epoch(sizes, settings, args.seed, e)
-        loader = DataLoader(PlannedBatches(paths, plan, teacher.spec, settings), batch_size=None,
-                            num_workers=args.workers)
-        values, indices = [], []
-        with torch.no_grad():
-            for item in loader:
+    dataset = PlannedBatches(paths, DrawnEpochs(sizes, settings, args.seed), teacher.spec, settings)
+    with torch.no_grad():
+        for e, items in progress(planned_loader(dataset, todo, args.workers), "relabel epochs", ctx.is_main,
+                                 total=len(todo)):
+            values, indices = [], []
+            for item in items:
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.amp):
                     logits = teacher.model(item["views"].to(ctx.device))
                 logits = logits.float()
@@ -140,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                     indices.append(top.indices.cpu())
                 else:
                     values.append(logits.half().cpu())
-        record = {**plan.to_tensors(), "values": torch.cat(values)}
-        if indices:
-            record["indices"] = torch.cat(indices).to(torch.int16 if len(classes) <= 2 ** 15 else torch.int32)
-        atomic_torch_save(record, epoch_file(out, e))
+            record = {**dataset.plan(e)[0].to_tensors(), "values": torch.cat(values)}
+            if indices:
+                record["indices"] = torch.cat(indices).to(torch.int16 if len(classes) <= 2 ** 15 else torch.int32)
+            atomic_torch_save(record, epoch_file(out, e))
     ctx.barrier()
     if ctx.is_main:
         files = [epoch_file(out, e) for e in range(args.epochs)]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from common.datasets import DatasetSpec
-from common.views import EpochPlan, PlannedBatches, image_sizes, plan_epoch
+from common.views import DrawnEpochs, EpochPlan, PlannedBatches, image_sizes, plan_epoch
 from models.teacher import load_teacher
 from relabel.__main__ import view_settings
 from train.data import load_image_set
@@ -73,11 +73,14 @@ def test_train_views_equal_relabel_views_and_soft_labels_equal_teacher(relabelle
     for name in ("order", "boxes", "flips", "partner", "lam", "mix_boxes"):
         assert torch.equal(getattr(plan, name), getattr(redrawn, name)), name
     spec = DatasetSpec.from_dict(soft.meta["dataset"])
-    dataset = PlannedBatches(images.paths, plan, spec, soft.settings)
-    in_process = dataset[batch]  # relabel's construction (workers 0)
-    loader = DataLoader(dataset, batch_size=None, num_workers=2)  # train's construction (worker processes)
+    drawn = PlannedBatches(images.paths, DrawnEpochs(image_sizes(images.paths), soft.settings, soft.meta["seed"]),
+                           spec, soft.settings)
+    in_process = drawn[(epoch, batch)]  # relabel's construction: plan drawn from (seed, epoch)
+    stored = PlannedBatches(images.paths, soft, spec, soft.settings)  # train's: stored plan, worker processes
+    loader = DataLoader(stored, batch_size=None, sampler=stored.keys([epoch]), num_workers=2)
     from_workers = list(loader)[batch]
     assert torch.equal(in_process["views"], from_workers["views"])
+    assert torch.equal(from_workers["targets"], logits[list(plan.positions(batch))])
     # independent reconstruction of one mixed view with torchvision ops
     p = plan.positions(batch)[2]
     q = int(plan.partner[p])
@@ -97,8 +100,7 @@ def test_train_views_equal_relabel_views_and_soft_labels_equal_teacher(relabelle
     teacher = load_teacher(tiny_teacher)
     with torch.no_grad():
         fresh = teacher.model(from_workers["views"])
-    stored = logits[list(plan.positions(batch))]
-    assert torch.allclose(stored, fresh.half().float(), rtol=2e-3, atol=2e-3)
+    assert torch.allclose(from_workers["targets"], fresh.half().float(), rtol=2e-3, atol=2e-3)
 
 
 def test_kd_loss_equals_hand_computation():

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
@@ -40,7 +39,7 @@ from common.manifest import finished_with_same_args, jsonable, write_manifest
 from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
                              save_resume_state, unwrap)
 from common.transforms import eval_transform, train_transform
-from common.views import MIX_TYPES, PlannedBatches, ViewSettings, image_sizes, plan_epoch
+from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models import create_model, model_names, parse_model_kwargs
 from models.teacher import Teacher, load_teacher
 from train.data import ImageSet, load_image_set, load_sample_weights, relabelled
@@ -215,23 +214,20 @@ class StudentRun:
     def num_images(self) -> int:
         return len(self.real) if self.mode == "real" else len(self.images.files)
 
-    def batches(self, epoch: int):
-        """``(iterable of batches, plan or None, teacher logits or None)`` of ``epoch``."""
+    def epochs(self, start: int):
+        """``(epoch, batches)`` for epochs ``start .. --epochs - 1``."""
         args, ctx = self.args, self.ctx
         if self.mode == "real":
             loader = train_loader(self.real, batch_size=args.batch_size, workers=args.workers, seed=args.seed, ctx=ctx)
-            seed_epoch(loader, args.seed, epoch, ctx)
-            return loader, None, None
-        if self.mode == "soft":
-            plan, logits = self.soft.epoch(epoch)
-        else:
-            plan, logits = plan_epoch(self.sizes, self.settings, args.seed, epoch), None
-        dataset = PlannedBatches(self.images.paths, plan, self.spec, self.settings, ctx.rank, ctx.world_size)
-        loader = DataLoader(dataset, batch_size=None, num_workers=args.workers,
-                            pin_memory=ctx.device.type == "cuda")
-        return loader, plan, logits
+            for epoch in range(start, args.epochs):
+                seed_epoch(loader, args.seed, epoch, ctx)
+                yield epoch, loader
+            return
+        source = self.soft if self.mode == "soft" else DrawnEpochs(self.sizes, self.settings, args.seed)
+        dataset = PlannedBatches(self.images.paths, source, self.spec, self.settings, ctx.rank, ctx.world_size)
+        yield from planned_loader(dataset, range(start, args.epochs), args.workers, ctx.device.type == "cuda")
 
-    def loss(self, model: nn.Module, batch, plan, logits) -> tuple[torch.Tensor | None, int]:
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor | None, int]:
         """Loss of one batch, or ``(None, 0)`` for a batch with fewer positions than ranks (skipped by all)."""
         args, dev = self.args, self.ctx.device
         if self.mode == "real":
@@ -241,12 +237,11 @@ class StudentRun:
             if self.teacher is not None:
                 loss = loss + args.kd_weight * kd_loss(out, self._teach(images), args.temperature)
             return loss, len(labels)
-        b = int(batch["batch"])
-        if len(plan.positions(b)) < self.ctx.world_size:
+        if int(batch["batch_len"]) < self.ctx.world_size:
             return None, 0
-        views, pos = batch["views"].to(dev, non_blocking=True), batch["positions"]
-        own, other = plan.order[pos], plan.order[plan.partner[pos]]
-        lam = plan.lam[b].expand(len(pos))
+        views = batch["views"].to(dev, non_blocking=True)
+        own, other = batch["own"], batch["other"]
+        lam = batch["lam"].expand(len(own))
         weights = None
         if self.weights is not None:
             weights = (lam * self.weights[own] + (1 - lam) * self.weights[other]).to(dev)
@@ -255,9 +250,9 @@ class StudentRun:
             loss = mixed_cross_entropy(out, self.images.labels[own].to(dev), self.images.labels[other].to(dev),
                                        lam.to(dev), weights)
         else:
-            target = logits[pos].to(dev) if self.mode == "soft" else self._teach(views)
+            target = batch["targets"].to(dev) if self.mode == "soft" else self._teach(views)
             loss = kd_loss(out, target, args.temperature, weights)
-        return loss, len(pos)
+        return loss, len(own)
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.args.channels_last:
@@ -270,14 +265,14 @@ class StudentRun:
         return self._forward(self.teacher.model, x).float()
 
 
-def train_epoch(run: StudentRun, model: nn.Module, batches, plan, logits, optimizer) -> dict:
+def train_epoch(run: StudentRun, model: nn.Module, batches, optimizer) -> dict:
     """One epoch of student training; returns loss and throughput for this rank."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.ctx.device)
     count = 0
     start = time.perf_counter()
     for batch in batches:
-        loss, n = run.loss(model, batch, plan, logits)
+        loss, n = run.loss(model, batch)
         if loss is None:
             continue
         optimizer.zero_grad(set_to_none=True)
@@ -328,11 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         metrics.truncate(start)
     vloader = eval_loader(run.val, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
-    for epoch in range(start, args.epochs):
-        batches, plan, logits = run.batches(epoch)
+    for epoch, batches in run.epochs(start):
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(run, ddp, progress(batches, f"epoch {epoch + 1}/{args.epochs}", ctx.is_main),
-                            plan, logits, optimizer)
+        stats = train_epoch(run, ddp, progress(batches, f"epoch {epoch + 1}/{args.epochs}", ctx.is_main), optimizer)
         scheduler.step()
         record = {"epoch": epoch, "lr": lr, **stats}
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:

@@ -59,6 +59,10 @@ class SoftLabels:
                             f"({m['teacher']['path']}, sha256 {m['teacher']['sha256'][:12]}...); "
                             "pass that teacher or re-run relabel")
 
+    def __call__(self, epoch: int) -> tuple[EpochPlan, torch.Tensor]:
+        """:meth:`epoch` (a plan source for :class:`common.views.PlannedBatches`)."""
+        return self.epoch(epoch)
+
     def epoch(self, epoch: int) -> tuple[EpochPlan, torch.Tensor]:
         """Plan and dense teacher logits ``[N, K]`` (float32, ``-inf`` outside the top-k) of ``epoch``."""
         record = torch_load(self.dir / "soft_labels" / f"epoch_{epoch:04d}.pt", "soft-label file")

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# WMDD pipeline orchestrator: pretrain -> recover -> relabel -> train, through disk.
+# Flags follow WMDD's official run.sh; see ./run.sh --help and the README.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+usage() {
+  cat <<'EOF'
+Usage: ./run.sh -r DATA_ROOT [options]        (dataset folder = DATA_ROOT/<dataset>)
+       ./run.sh --demo                       (digits: the whole pipeline in a few minutes on CPU)
+
+WMDD flags:
+  -x ID      experiment id (runs/<dataset>/<ID>/{recover,relabel,train})      [exp]
+  -y ID      teacher id (runs/teachers/<dataset>_<model>/<ID>/)               [t0]
+  -d NAME    dataset: cifar10 cifar100 tiny-imagenet imagenette imagewoof imagenet digits imagefolder [cifar10]
+  -m MODEL   teacher model (resnet18 resnet50 resnet101 convnet vit_tiny)   [resnet18]
+  -e MODEL   student model                                                   [resnet18]
+  -r DIR     data root; the dataset is DIR/<dataset>
+  -u GPUS    GPU index or comma list (several = torchrun --nproc_per_node N)
+  -c IPC     images per class                                                [10]
+  -p         pretrain the teacher first (otherwise it must exist)
+  -n         per-class BatchNorm statistics (WMDD); without it global statistics
+  -w         Wasserstein-barycenter feature matching (WMDD)
+  -b R_BN    BatchNorm term weight (lambda)                                  [configs/<dataset>.yaml]
+  -a LR      recover learning rate                                           [configs/<dataset>.yaml]
+  -t R_CE    cross-entropy term weight                                        [method default]
+  -i ITERS   recover iterations                                              [configs/<dataset>.yaml]
+  -z EPOCHS  relabel and train epochs                                        [configs/<dataset>.yaml]
+  -g         debug: tiny settings (20 train / 10 val images per class, few iterations and epochs)
+Long options:
+  --method wmdd|sre2l|random-real   recover method [wmdd]; with wmdd, -n and -w switch its terms on
+  --device auto|cpu|cuda            [auto]
+  --out DIR                         output root [runs]
+  --seed N                          seed of recover, relabel and train [0]
+  --input-size PX                   teacher/student input side (default: the dataset's native size)
+  --teacher-epochs N                pretrain epochs (default: configs/<dataset>.yaml)
+  --demo                            digits demo: WMDD and random-real at IPC 10, then a table
+  -h, --help                        this message
+Outputs: runs/<dataset>/<ID>/train/results.json and one row per run in <out>/results.csv.
+A finished stage (manifest present, same arguments) is skipped, so a killed run.sh resumes.
+EOF
+}
+
+die() {
+  echo "run.sh: $*" >&2
+  echo >&2
+  usage >&2
+  exit 2
+}
+
+EXP=exp; TEACHER_ID=t0; DATASET=cifar10; TMODEL=resnet18; SMODEL=resnet18; ROOT=""; GPUS=""; IPC=10
+PRETRAIN=0; PCBN=0; WB=0; RBN=""; RLR=""; RCE=""; ITERS=""; EPOCHS=""; DEBUG=0
+METHOD=wmdd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; DEMO=0
+
+short=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --method|--device|--out|--seed|--input-size|--teacher-epochs)
+      [[ $# -ge 2 ]] || die "$1 needs a value"
+      case "$1" in
+        --method) METHOD="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
+        --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;;
+      esac
+      shift 2 ;;
+    --demo) DEMO=1; shift ;;
+    --help|-h) usage; exit 0 ;;
+    --*) die "unknown option $1" ;;
+    *) short+=("$1"); shift ;;
+  esac
+done
+set -- "${short[@]+"${short[@]}"}"
+while getopts ":x:y:d:m:e:r:u:c:pnwb:a:t:i:z:g" opt; do
+  case "$opt" in
+    x) EXP="$OPTARG" ;; y) TEACHER_ID="$OPTARG" ;; d) DATASET="$OPTARG" ;; m) TMODEL="$OPTARG" ;;
+    e) SMODEL="$OPTARG" ;; r) ROOT="$OPTARG" ;; u) GPUS="$OPTARG" ;; c) IPC="$OPTARG" ;;
+    p) PRETRAIN=1 ;; n) PCBN=1 ;; w) WB=1 ;; b) RBN="$OPTARG" ;; a) RLR="$OPTARG" ;; t) RCE="$OPTARG" ;;
+    i) ITERS="$OPTARG" ;; z) EPOCHS="$OPTARG" ;; g) DEBUG=1 ;;
+    :) die "option -$OPTARG needs a value" ;;
+    *) die "unknown option -$OPTARG" ;;
+  esac
+done
+shift $((OPTIND - 1))
+[[ $# -eq 0 ]] || die "unexpected argument $1"
+
+is_int() { [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 ]]; }
+is_num() { [[ "$1" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; }
+case "$METHOD" in wmdd|sre2l|random-real) ;; *) die "--method $METHOD: expected wmdd, sre2l or random-real" ;; esac
+case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device $DEVICE: expected auto, cpu or cuda" ;; esac
+is_int "$IPC" || die "-c $IPC: IPC must be a positive integer"
+is_int "$SEED" || [[ "$SEED" == 0 ]] || die "--seed $SEED: expected a non-negative integer"
+for pair in "i:$ITERS" "z:$EPOCHS" "input-size:$INPUT_SIZE" "teacher-epochs:$TEACHER_EPOCHS"; do
+  value="${pair#*:}"; [[ -z "$value" ]] || is_int "$value" || die "${pair%%:*} $value: expected a positive integer"
+done
+for pair in "b:$RBN" "a:$RLR" "t:$RCE"; do
+  value="${pair#*:}"; [[ -z "$value" ]] || is_num "$value" || die "-${pair%%:*} $value: expected a number"
+done
+if [[ -n "$GPUS" ]]; then
+  [[ "$GPUS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "-u $GPUS: expected a GPU index or a comma list like 0,1"
+  [[ "$DEVICE" != cpu ]] || die "-u $GPUS asks for GPUs but --device is cpu"
+fi
+
+cd "$REPO"
+datasets="$("$PYTHON" -c 'from common.datasets import dataset_names; print(" ".join(dataset_names()))')"
+
+if [[ "$DEMO" == 1 ]]; then
+  DATASET=digits; TMODEL=convnet; SMODEL=convnet; IPC=10
+  ROOT="$OUT/data"
+  "$PYTHON" -m common.prepare digits "$ROOT/digits"
+fi
+[[ " $datasets " == *" $DATASET "* ]] || die "-d $DATASET: unknown dataset (known: $datasets)"
+[[ -n "$ROOT" ]] || die "-r DATA_ROOT is required (the dataset is DATA_ROOT/$DATASET)"
+DATA="$ROOT/$DATASET"
+[[ -d "$DATA" ]] || die "data root $DATA does not exist; prepare it with python -m common.prepare (see README)"
+
+if [[ -n "$GPUS" ]]; then
+  export CUDA_VISIBLE_DEVICES="$GPUS"
+  [[ "$DEVICE" == auto ]] && DEVICE=cuda
+fi
+NPROC=1
+[[ -n "$GPUS" ]] && NPROC=$(awk -F, '{print NF}' <<<"$GPUS")
+if [[ "$NPROC" -gt 1 ]]; then
+  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m)
+else
+  LAUNCH=("$PYTHON" -m)
+fi
+CONFIG=()
+[[ -f "$REPO/configs/$DATASET.yaml" ]] && CONFIG=(--config "$REPO/configs/$DATASET.yaml")
+
+declare -A SECONDS_OF=()
+stage() {  # stage NAME ARGS...: run python -m NAME with the launcher, record its wall time
+  local name="$1"; shift
+  echo "==> $name"
+  local start=$SECONDS
+  "${LAUNCH[@]}" "$name" "$@"
+  SECONDS_OF[$name]=$((SECONDS - start))
+}
+
+# run_experiment EXP_ID METHOD PCBN WB: teacher (shared) then recover -> relabel -> train -> summary
+run_experiment() {
+  local exp="$1" method="$2" pcbn="$3" wb="$4"
+  local teacher_dir="$OUT/teachers/${DATASET}_${TMODEL}/$TEACHER_ID"
+  local exp_dir="$OUT/$DATASET/$exp"
+  SECONDS_OF=()
+
+  local pre=(--dataset "$DATASET" --data-path "$DATA" --model "$TMODEL" --output-dir "$teacher_dir"
+             --device "$DEVICE" "${CONFIG[@]+"${CONFIG[@]}"}")
+  [[ -n "$INPUT_SIZE" ]] && pre+=(--input-size "$INPUT_SIZE")
+  [[ -n "$TEACHER_EPOCHS" ]] && pre+=(--epochs "$TEACHER_EPOCHS")
+  [[ "$DEBUG" == 1 ]] && pre+=(--train-per-class 20 --val-per-class 10)
+  [[ "$DEBUG" == 1 && -z "$TEACHER_EPOCHS" ]] && pre+=(--epochs 2)
+  if [[ "$PRETRAIN" == 1 ]]; then
+    stage pretrain "${pre[@]}"
+  elif [[ ! -f "$teacher_dir/manifest.json" ]]; then
+    die "teacher $teacher_dir not found; add -p to pretrain it"
+  fi
+
+  local rec=(--teacher "$teacher_dir" --data-path "$DATA" --output-dir "$exp_dir/recover" --method "$method"
+             --ipc "$IPC" --seed "$SEED" --device "$DEVICE" "${CONFIG[@]+"${CONFIG[@]}"}")
+  [[ -n "$RBN" ]] && rec+=(--r-bn "$RBN")
+  [[ -n "$RLR" ]] && rec+=(--lr "$RLR")
+  [[ -n "$RCE" ]] && rec+=(--r-ce "$RCE")
+  [[ -n "$ITERS" ]] && rec+=(--iterations "$ITERS")
+  [[ "$DEBUG" == 1 && -z "$ITERS" ]] && rec+=(--iterations 20)
+  [[ "$DEBUG" == 1 ]] && rec+=(--train-per-class 20)
+  if [[ "$method" == wmdd ]]; then
+    [[ "$wb" == 1 ]] && rec+=(--wb) || rec+=(--no-wb)
+    [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn) || rec+=(--no-per-class-bn)
+  else
+    [[ "$wb" == 1 ]] && rec+=(--wb)
+    [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn)
+  fi
+  stage recover "${rec[@]}"
+
+  local images="$exp_dir/recover/images"
+  local count batch
+  count=$(find "$images" -name '*.png' | wc -l)
+  batch=$(( count < 100 ? count : 100 ))
+  local epochs=()
+  [[ -n "$EPOCHS" ]] && epochs=(--epochs "$EPOCHS")
+  [[ "$DEBUG" == 1 && -z "$EPOCHS" ]] && epochs=(--epochs 2)
+  stage relabel --teacher "$teacher_dir" --images "$images" --output-dir "$exp_dir/relabel" --batch-size "$batch" \
+    --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}"
+  local tr=(--images "$images" --soft-labels "$exp_dir/relabel" --teacher "$teacher_dir" --data-path "$DATA"
+            --model "$SMODEL" --output-dir "$exp_dir/train" --batch-size "$batch" --seed "$SEED" --device "$DEVICE"
+            "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
+  [[ "$DEBUG" == 1 ]] && tr+=(--val-per-class 10 --val-every 1)
+  stage train "${tr[@]}"
+
+  local times=()
+  for s in "${!SECONDS_OF[@]}"; do times+=("$s=${SECONDS_OF[$s]}"); done
+  "$PYTHON" -m tools.summarize_run append --experiment-dir "$exp_dir" --teacher-dir "$teacher_dir" \
+    --experiment "$exp" --results-csv "$OUT/results.csv" --time "${times[@]}"
+}
+
+if [[ "$DEMO" == 1 ]]; then
+  PRETRAIN=1
+  run_experiment demo-wmdd wmdd 1 1
+  PRETRAIN=0
+  run_experiment demo-random-real random-real 0 0
+  echo
+  "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" demo-wmdd demo-random-real
+  echo "synthetic images: $OUT/$DATASET/demo-wmdd/recover/grid.png"
+else
+  run_experiment "$EXP" "$METHOD" "$PCBN" "$WB"
+fi

@@ -1,0 +1,129 @@
+"""run.sh, the pseudo-label wrapper and the tools, end to end on a real CIFAR-10 subset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, run_module
+
+DEBUG = ["-g", "-d", "cifar10", "-m", "convnet", "-e", "convnet", "-c", "2", "-p", "-n", "-w", "--device", "cpu"]
+
+
+def run_sh(script: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(REPO / script), *map(str, args)], cwd="/", capture_output=True, text=True,
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def debug_run(cifar_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_sh("run.sh", *DEBUG, "-r", cifar_root.parent, "-x", "dbg", "--out", out)
+    return out, proc
+
+
+def test_debug_run_produces_every_stage_and_a_results_row(debug_run):
+    out, proc = debug_run
+    teacher = out / "teachers" / "cifar10_convnet" / "t0"
+    exp = out / "cifar10" / "dbg"
+    for stage_dir in (teacher, exp / "recover", exp / "relabel", exp / "train"):
+        assert (stage_dir / "manifest.json").is_file(), stage_dir
+    assert (exp / "recover" / "grid.png").is_file()
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 1 and rows["experiment"][0] == "dbg"
+    assert rows["variant"][0] == "wmdd: WB, per-class BN" and rows["ipc"][0] == 2
+    assert 0 <= rows["top1"][0] <= 100 and 0 <= rows["teacher_top1"][0] <= 100
+    assert "student convnet: top-1" in proc.stdout and "wall time: pretrain" in proc.stdout
+
+
+def test_rerun_skips_finished_stages(debug_run, cifar_root):
+    out, _ = debug_run
+    before = (out / "cifar10" / "dbg" / "train" / "results.json").stat().st_mtime_ns
+    proc = run_sh("run.sh", *DEBUG, "-r", cifar_root.parent, "-x", "dbg", "--out", out)
+    assert proc.stderr.count("already finished with these arguments") == 4
+    assert (out / "cifar10" / "dbg" / "train" / "results.json").stat().st_mtime_ns == before
+    assert len(pd.read_csv(out / "results.csv")) == 1  # the row is replaced, not repeated
+
+
+def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
+    out, _ = debug_run
+    exp = out / "cifar10" / "killed"
+    args = [str(REPO / "run.sh"), *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", str(cifar_root.parent),
+            "-x", "killed", "--out", str(out)]
+    proc = subprocess.Popen(args, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (exp / "recover" / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (exp / "recover").is_dir() and not (exp / "recover" / "manifest.json").exists()
+    run_sh("run.sh", *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", cifar_root.parent,
+           "-x", "killed", "--out", out)
+    for stage in ("recover", "relabel", "train"):
+        assert (exp / stage / "manifest.json").is_file()
+    assert set(pd.read_csv(out / "results.csv")["experiment"]) == {"dbg", "killed"}
+
+
+def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
+    proc = run_sh("run.sh", "-g", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "not found; add -p to pretrain it" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-q"], "unknown option -q"),
+    (["--frobnicate"], "unknown option --frobnicate"),
+    (["-d", "cifar11", "-r", "/tmp"], "-d cifar11: unknown dataset"),
+    (["-d", "cifar10", "-r", "/nonexistent"], "data root /nonexistent/cifar10 does not exist"),
+    (["-c", "ten", "-r", "/tmp"], "-c ten: IPC must be a positive integer"),
+    (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
+    (["--method", "dm", "-r", "/tmp"], "--method dm: expected wmdd, sre2l or random-real"),
+])
+def test_bad_flags_print_usage_and_fail(args, message):
+    proc = run_sh("run.sh", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Usage: ./run.sh" in proc.stderr
+
+
+def test_pseudo_label_wrapper_with_a_csv_from_make_pseudo_labels(debug_run, cifar_root, tmp_path):
+    out, _ = debug_run
+    csv = tmp_path / "pl.csv"
+    run_module("tools.make_pseudo_labels", "--checkpoint", out / "teachers" / "cifar10_convnet" / "t0",
+               "--data-path", cifar_root, "--output", csv, "--workers", "0")
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["image_path", "cluster_id", "pseudo_label_class_index", "true_label_index",
+                                   "correct", "confidence"]
+    assert len(table) == 200 and table["pseudo_label_class_index"].nunique() == 10
+    assert ((table["pseudo_label_class_index"] == table["true_label_index"]) == table["correct"].astype(bool)).all()
+    proc = run_sh("run_pseudo.sh", "-d", "cifar10", "--csv", csv, "-r", cifar_root.parent, "-e", "convnet", "-z", "1",
+                  "--device", "cpu", "--out", tmp_path / "runs", "--", "--model-kwargs", "width=16", "--workers", "0")
+    assert "agreement with folder labels" in proc.stderr
+    assert "student convnet: top-1" in proc.stdout
+    row = pd.read_csv(tmp_path / "runs" / "results.csv").iloc[0]
+    assert row["variant"] == "pseudo-label" and 0 <= row["top1"] <= 100 and row["num_images"] == 200
+
+
+@pytest.mark.parametrize("script", ["run_pseudo.sh", "run_cifar100_pseudo.sh"])
+def test_pseudo_wrapper_bad_flags(script, tmp_path):
+    proc = run_sh(script, "--bogus", check=False)
+    assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr and "Usage: run_pseudo.sh" in proc.stderr
+    proc = run_sh(script, "-r", tmp_path, check=False)
+    assert proc.returncode == 2 and "is required" in proc.stderr
+
+
+def test_plot_results(debug_run, tmp_path):
+    out, _ = debug_run
+    proc = run_module("tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
+    files = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert files == ["acc_vs_ipc_cifar10.png", "methods_cifar10_ipc2.png"]
+    assert all((tmp_path / "plots" / f).stat().st_size > 5000 for f in files)
+    assert "acc_vs_ipc_cifar10.png" in proc.stdout

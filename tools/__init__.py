@@ -1,0 +1,2 @@
+"""Small command-line tools beside the pipeline: pseudo-label CSVs, run
+summaries and result plots."""

@@ -1,0 +1,91 @@
+"""``python -m tools.plot_results``: plots of ``runs/results.csv`` (matplotlib PNG).
+
+* ``acc_vs_ipc_<dataset>.png``: student top-1 against IPC, one line per
+  method variant (mean over rows, error bars = standard deviation over seeds);
+* ``methods_<dataset>_ipc<k>.png``: one bar per method variant at each IPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from common.cli import run_main  # noqa: E402
+from common.errors import UserError  # noqa: E402
+
+log = logging.getLogger("wmdd.tools")
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and count of top-1 per (dataset, variant, ipc)."""
+    return (table.groupby(["dataset", "variant", "ipc"])["top1"].agg(["mean", "std", "count"])
+            .reset_index().fillna({"std": 0.0}))
+
+
+def plot(csv: Path, out: Path) -> list[Path]:
+    """Write the plots of ``csv`` into ``out``; returns the written files.
+
+    Raises:
+        UserError: the CSV is missing, empty or lacks the needed columns.
+    """
+    if not csv.is_file():
+        raise UserError(f"{csv}: results file not found; run ./run.sh first")
+    table = pd.read_csv(csv)
+    needed = {"dataset", "variant", "ipc", "top1"}
+    if table.empty or not needed <= set(table.columns):
+        raise UserError(f"{csv}: needs rows with columns {sorted(needed)}")
+    table = table.dropna(subset=["ipc", "top1"])
+    stats = aggregate(table)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset, group in stats.groupby("dataset"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, rows in group.groupby("variant"):
+            rows = rows.sort_values("ipc")
+            ax.errorbar(rows["ipc"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("images per class (IPC)")
+        ax.set_ylabel("student top-1 (%)")
+        ax.set_title(f"{dataset}: accuracy vs IPC")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out / f"acc_vs_ipc_{dataset}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+        for ipc, rows in group.groupby("ipc"):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            rows = rows.sort_values("mean")
+            ax.barh(rows["variant"], rows["mean"], xerr=rows["std"], capsize=3, color="tab:blue")
+            for y, (m, n) in enumerate(zip(rows["mean"], rows["count"])):
+                ax.text(m, y, f" {m:.1f} (n={n})", va="center", fontsize=8)
+            ax.set_xlabel("student top-1 (%)")
+            ax.set_title(f"{dataset}, IPC {int(ipc)}")
+            fig.tight_layout()
+            path = out / f"methods_{dataset}_ipc{int(ipc)}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.plot_results", description=__doc__.split("\n\n")[0])
+    p.add_argument("--csv", type=Path, default=Path("runs/results.csv"))
+    p.add_argument("--out", type=Path, default=Path("runs/plots"))
+    args = p.parse_args(argv)
+    for path in plot(args.csv, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

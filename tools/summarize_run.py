@@ -1,0 +1,162 @@
+"""``python -m tools.summarize_run``: print the summary of one run.sh experiment
+and append it as one row to ``results.csv`` (``append``), or compare
+experiments already there (``table``).
+
+Reads the manifests of the teacher and of the experiment's stages (any stage
+may be absent, e.g. for pseudo-label runs) and ``train/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from common.cli import run_main
+from common.errors import UserError
+from common.io import atomic_write_bytes
+
+COLUMNS = ["finished_at", "experiment", "dataset", "variant", "method", "ipc", "seed", "teacher_model",
+           "student_model", "teacher_top1", "top1", "top5", "wb", "per_class_bn", "r_bn", "r_ce", "recover_lr",
+           "iterations", "epochs", "input_size", "num_images", "images_bytes", "soft_label_bytes",
+           "pretrain_s", "recover_s", "relabel_s", "train_s", "train_dir"]
+
+
+def _manifest(stage_dir: Path | None) -> dict:
+    path = stage_dir / "manifest.json" if stage_dir else None
+    return json.loads(path.read_text()) if path and path.is_file() else {}
+
+
+def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce: float | None) -> str:
+    """Readable method variant, e.g. ``"wmdd: WB, per-class BN"`` or ``"random-real"``."""
+    if method is None:
+        return "pseudo-label"
+    if method == "random-real":
+        return method
+    parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
+    if r_ce:
+        parts.append("CE")
+    return f"{method}: {', '.join(parts)}"
+
+
+def dir_bytes(path: Path) -> int:
+    """Total size of the files under ``path`` in bytes (0 if missing)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, timings: dict[str, float]) -> dict:
+    """One results row from the stage directories ``experiment_dir/{recover,relabel,train}``.
+
+    Raises:
+        UserError: the train stage did not finish.
+    """
+    results_path = experiment_dir / "train" / "results.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path}: missing; the train stage did not finish")
+    results = json.loads(results_path.read_text())
+    teacher, recover = _manifest(teacher_dir), _manifest(experiment_dir / "recover")
+    relabel, train = _manifest(experiment_dir / "relabel"), _manifest(experiment_dir / "train")
+    rargs = recover.get("args", {})
+    row = {
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "experiment": experiment, "dataset": (train.get("dataset") or {}).get("name"),
+        "variant": variant(rargs.get("method"), rargs.get("wb"), rargs.get("per_class_bn"), rargs.get("r_ce")),
+        "method": rargs.get("method"), "ipc": recover.get("ipc"), "seed": rargs.get("seed"),
+        "teacher_model": teacher.get("model"), "student_model": results["model"],
+        "teacher_top1": (teacher.get("val") or {}).get("top1"), "top1": results["top1"], "top5": results["top5"],
+        "wb": rargs.get("wb"), "per_class_bn": rargs.get("per_class_bn"), "r_bn": rargs.get("r_bn"),
+        "r_ce": rargs.get("r_ce"), "recover_lr": rargs.get("lr"), "iterations": rargs.get("iterations"),
+        "epochs": results["epochs"], "input_size": recover.get("input_size"), "num_images": results["num_images"],
+        "images_bytes": dir_bytes(experiment_dir / "recover" / "images"), "soft_label_bytes": relabel.get("bytes"),
+        "train_dir": str(experiment_dir / "train"),
+    }
+    for stage in ("pretrain", "recover", "relabel", "train"):
+        row[f"{stage}_s"] = round(timings[stage], 1) if stage in timings else None
+    return row
+
+
+def append_row(csv: Path, row: dict) -> None:
+    """Append ``row`` to ``csv`` (created with a header when missing); a row of the
+    same train directory (a re-run of a finished experiment) is replaced, not repeated.
+
+    Raises:
+        UserError: the existing file has other columns.
+    """
+    table = pd.DataFrame([row], columns=COLUMNS)
+    if csv.is_file():
+        old = pd.read_csv(csv)
+        if list(old.columns) != COLUMNS:
+            raise UserError(f"{csv}: has columns {list(old.columns)[:5]}... not this toolkit's; move it away")
+        old = old[old["train_dir"] != row["train_dir"]]
+        table = pd.concat([old, table], ignore_index=True) if len(old) else table
+    atomic_write_bytes(csv, table.to_csv(index=False).encode())
+
+
+def format_summary(row: dict) -> str:
+    """Human-readable block for the end of run.sh."""
+    def pct(v):
+        return "n/a" if v is None or v != v else f"{v:.2f}%"
+
+    def mib(v):
+        return "n/a" if not v else f"{v / 2 ** 20:.2f} MiB"
+
+    times = "  ".join(f"{s} {row[f'{s}_s']:.0f}s" for s in ("pretrain", "recover", "relabel", "train")
+                      if row.get(f"{s}_s") is not None)
+    return "\n".join([
+        f"experiment {row['experiment']}: {row['dataset']}, {row['variant']}, IPC {row['ipc']}",
+        f"  teacher {row['teacher_model']}: top-1 {pct(row['teacher_top1'])}",
+        f"  student {row['student_model']}: top-1 {pct(row['top1'])}  top-5 {pct(row['top5'])}"
+        f"  ({row['epochs']} epochs on {row['num_images']} images)",
+        f"  wall time: {times}",
+        f"  sizes: images {mib(row['images_bytes'])}, soft labels {mib(row['soft_label_bytes'])}",
+        f"  outputs: {row['train_dir']}",
+    ])
+
+
+def comparison_table(csv: Path, experiments: list[str]) -> str:
+    """The last row of each experiment in ``csv`` as a small text table.
+
+    Raises:
+        UserError: an experiment has no row.
+    """
+    table = pd.read_csv(csv)
+    lines = [f"{'experiment':<22} {'variant':<28} {'IPC':>4} {'teacher top-1':>14} {'student top-1':>14}"]
+    for name in experiments:
+        rows = table[table["experiment"] == name]
+        if rows.empty:
+            raise UserError(f"{csv}: no row for experiment {name!r}")
+        r = rows.iloc[-1]
+        lines.append(f"{name:<22} {r['variant']:<28} {int(r['ipc']):>4} {r['teacher_top1']:>13.2f}% "
+                     f"{r['top1']:>13.2f}%")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.summarize_run", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("append", help="summarise one experiment and append (or replace) its row")
+    a.add_argument("--experiment-dir", required=True, type=Path)
+    a.add_argument("--teacher-dir", type=Path)
+    a.add_argument("--experiment", required=True)
+    a.add_argument("--results-csv", required=True, type=Path)
+    a.add_argument("--time", nargs="*", default=[], metavar="STAGE=SECONDS")
+    t = sub.add_parser("table", help="compare experiments already in the results file")
+    t.add_argument("--results-csv", required=True, type=Path)
+    t.add_argument("experiments", nargs="+")
+    args = p.parse_args(argv)
+    if args.command == "table":
+        print(comparison_table(args.results_csv, args.experiments))
+        return 0
+    timings = {k: float(v) for k, v in (t.split("=", 1) for t in args.time)}
+    row = summarize(args.teacher_dir, args.experiment_dir, args.experiment, timings)
+    append_row(args.results_csv, row)
+    print(format_summary(row))
+    print(f"  appended to {args.results_csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
