@@ -38,6 +38,8 @@ Long options:
   --seed N                          seed of recover, relabel and train [0]
   --input-size PX                   teacher/student input side (default: the dataset's native size)
   --teacher-epochs N                pretrain epochs (default: configs/<dataset>.yaml)
+  --pretrain-args "..."             extra flags for python -m pretrain (likewise --recover-args,
+                                    --relabel-args, --train-args), e.g. --train-args "--val-every 50"
   --demo                            digits demo: WMDD and random-real at IPC 10, then a table
   -h, --help                        this message
 Outputs: runs/<dataset>/<ID>/train/results.json and one row per run in <out>/results.csv.
@@ -55,15 +57,18 @@ die() {
 EXP=exp; TEACHER_ID=t0; DATASET=cifar10; TMODEL=resnet18; SMODEL=resnet18; ROOT=""; GPUS=""; IPC=10
 PRETRAIN=0; PCBN=0; WB=0; RBN=""; RLR=""; RCE=""; ITERS=""; EPOCHS=""; DEBUG=0
 METHOD=wmdd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; DEMO=0
+declare -A EXTRA=([pretrain]="" [recover]="" [relabel]="" [train]="")
 
 short=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --method|--device|--out|--seed|--input-size|--teacher-epochs)
+    --method|--device|--out|--seed|--input-size|--teacher-epochs|--pretrain-args|--recover-args|--relabel-args|\
+    --train-args)
       [[ $# -ge 2 ]] || die "$1 needs a value"
       case "$1" in
         --method) METHOD="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
         --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;;
+        *) name="${1#--}"; EXTRA[${name%-args}]="$2" ;;
       esac
       shift 2 ;;
     --demo) DEMO=1; shift ;;
@@ -131,11 +136,13 @@ CONFIG=()
 [[ -f "$REPO/configs/$DATASET.yaml" ]] && CONFIG=(--config "$REPO/configs/$DATASET.yaml")
 
 declare -A SECONDS_OF=()
-stage() {  # stage NAME ARGS...: run python -m NAME with the launcher, record its wall time
+stage() {  # stage NAME ARGS...: run python -m NAME (plus its --NAME-args) with the launcher, record its wall time
   local name="$1"; shift
+  local extra
+  read -r -a extra <<<"${EXTRA[$name]}"
   echo "==> $name"
   local start=$SECONDS
-  "${LAUNCH[@]}" "$name" "$@"
+  "${LAUNCH[@]}" "$name" "$@" "${extra[@]+"${extra[@]}"}"
   SECONDS_OF[$name]=$((SECONDS - start))
 }
 

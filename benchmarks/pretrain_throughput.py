@@ -22,9 +22,9 @@ from benchmarks.data import cached_dataset
 from common.data import load_splits, with_transform
 from common.datasets import get_spec
 from common.distributed import DistContext
+from common.loaders import seed_epoch, train_loader
 from common.transforms import train_transform
 from models import create_model, parse_model_kwargs
-from common.loaders import seed_epoch, train_loader
 from pretrain.loop import train_one_epoch
 
 

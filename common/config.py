@@ -20,6 +20,24 @@ from common.manifest import jsonable
 STAGES = ("pretrain", "recover", "relabel", "train")
 
 
+def stage_parser(stage: str, description: str, *, workers_help: str, channels_last: bool = True
+                 ) -> argparse.ArgumentParser:
+    """A stage's argument parser with the options every stage shares: ``--config``,
+    ``--output-dir``, ``--seed``, ``--device``, ``--workers``, ``--amp`` and (unless
+    ``channels_last`` is False) ``--channels-last``."""
+    p = argparse.ArgumentParser(prog=f"python -m {stage}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
+    p.add_argument("--output-dir", help="stage output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, default=2, help=workers_help)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
+    if channels_last:
+        p.add_argument("--channels-last", action="store_true", help="channels_last memory format (meant for CUDA)")
+    return p
+
+
 def load_yaml_section(path: str | Path, stage: str) -> dict:
     """The settings for ``stage`` in the YAML file ``path``.
 

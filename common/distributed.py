@@ -56,6 +56,13 @@ class DistContext:
                 dist.broadcast(moved, src=0)
                 buf.data.copy_(moved)
 
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` inside DistributedDataParallel under ``torchrun``, else ``model`` itself."""
+        if not self.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
     def barrier(self) -> None:
         """Wait for every rank (no-op in a single process)."""
         if self.distributed:

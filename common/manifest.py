@@ -9,6 +9,7 @@ it and refuses a mismatch with a message naming both values.
 from __future__ import annotations
 
 import datetime
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,14 @@ def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:
     atomic_write_json(path, new)
 
 
+def run_arguments(args, ignore: tuple[str, ...] = ()) -> dict:
+    """The arguments that define a run: ``vars(args)`` as JSON values, without ``ignore``
+    (options such as ``--workers`` that may change without changing the result)."""
+    return {k: v for k, v in jsonable(vars(args)).items() if k not in ignore}
+
+
 def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bool:
-    """True when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``.
+    """True (and logged) when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``.
 
     Raises:
         UserError: the directory holds a finished run with different arguments
@@ -137,6 +144,7 @@ def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bo
     old = read_manifest(stage_dir, stage)["args"]
     new = jsonable(args)
     if old == new:
+        logging.getLogger("wmdd").info("%s: already finished with these arguments; nothing to do", stage_dir)
         return True
     raise UserError(f"{path}: a finished {stage} run with different arguments is already there "
                     f"({_first_difference(old, new)}); use another --output-dir or delete that directory")

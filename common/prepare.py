@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image
 
 from common.cli import run_main
+from common.data import EVAL_SPLIT_NAMES
 from common.errors import UserError
 from common.io import atomic_write_json, read_json
-from common.data import EVAL_SPLIT_NAMES
 
 log = logging.getLogger("wmdd.prepare")
 MARKER = ".prepared.json"

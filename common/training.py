@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -157,3 +158,46 @@ def load_resume_state(path: str | Path, args: dict, ignore: tuple[str, ...] = ()
                         f"there, {new.get(k)!r} now); re-run with the same arguments to resume, or use "
                         "another --output-dir")
     return state
+
+
+class ResumableRun:
+    """``last.pt`` and ``metrics.jsonl`` of an epoch-based training run (pretrain, train).
+
+    Args:
+        out: output directory.
+        run_args: resolved arguments; ``last.pt`` written with others is refused.
+        ignore: argument names that may differ on resume.
+        ctx: only rank 0 writes.
+        model, optimizer, scheduler: restored by :meth:`resume`, saved by :meth:`end_epoch`.
+    """
+
+    def __init__(self, out: str | Path, run_args: dict, ignore: tuple[str, ...], ctx: DistContext, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler):
+        self.out, self.run_args, self.ignore, self.ctx = Path(out), run_args, ignore, ctx
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+
+    def resume(self) -> tuple[int, dict | None]:
+        """Restore ``last.pt`` when present; returns ``(completed epochs, last validation or None)``.
+
+        Raises:
+            UserError: ``last.pt`` was written with different arguments.
+        """
+        start, val = 0, None
+        state = load_resume_state(self.out / "last.pt", self.run_args, ignore=self.ignore)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            start, val = state["epoch"], state["extra"].get("val")
+            logging.getLogger("wmdd").info("resuming from %s after epoch %d", self.out / "last.pt", start)
+        if self.ctx.is_main:
+            self.metrics.truncate(start)
+        return start, val
+
+    def end_epoch(self, epoch: int, record: dict, val: dict | None) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and save ``last.pt`` after ``epoch`` (0-based), on rank 0."""
+        if self.ctx.is_main:
+            self.metrics.write(record)
+            save_resume_state(self.out / "last.pt", args=self.run_args, epoch=epoch + 1, model=self.model,
+                              optimizer=self.optimizer, scheduler=self.scheduler, extra={"val": val})

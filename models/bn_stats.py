@@ -57,7 +57,8 @@ class BNInputCapture:
         self._handles.clear()
 
 
-def class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_moments(x: torch.Tensor, labels: torch.Tensor,
+                  num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class sums of one BN input.
 
     Args:

@@ -16,21 +16,20 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+
 from common.cli import progress, run_main
-from common.config import parse_with_config, save_resolved_config
+from common.config import parse_with_config, save_resolved_config, stage_parser
 from common.data import load_splits, with_transform
 from common.datasets import dataset_names, resolve_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
-from common.manifest import finished_with_same_args, jsonable, write_manifest
-from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
-                             save_resume_state, unwrap)
+from common.loaders import eval_loader, seed_epoch, train_loader
+from common.manifest import finished_with_same_args, run_arguments, write_manifest
+from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, unwrap
 from common.transforms import eval_transform, train_transform
 from models import create_model, model_names, parse_model_kwargs
 from models.bn_stats import compute_bn_statistics
 from models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
-from common.loaders import eval_loader, seed_epoch, train_loader
 from pretrain.loop import train_one_epoch
 
 log = logging.getLogger("wmdd.pretrain")
@@ -40,9 +39,7 @@ RESUME_IGNORES = ("workers", "device", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
+    p = stage_parser("pretrain", __doc__.split("\n\n")[0], workers_help="DataLoader worker processes")
     p.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(dataset_names())}")
     p.add_argument("--data-path", help="dataset root holding train/ and val/ (or test/)")
     p.add_argument("--model", default="resnet18", help=f"one of {', '.join(model_names())}")
@@ -56,12 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "none"])
     p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    p.add_argument("--output-dir", help="stage output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (meant for CUDA)")
     p.add_argument("--train-per-class", type=int, help="use a seeded choice of N train images per class")
     p.add_argument("--val-per-class", type=int, help="use a seeded choice of N val images per class")
     p.add_argument("--eval-batch-size", type=int, default=256,
@@ -88,21 +79,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
     """Train ``model`` for ``args.epochs`` epochs with resume; returns the last validation result."""
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else model
+    ddp = ctx.wrap(model)
     optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=args.momentum)
     scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
-    metrics = MetricsLog(out / "metrics.jsonl")
-    start, val = 0, None
-    state = load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, val = state["epoch"], state["extra"].get("val")
-        log.info("resuming from %s after epoch %d", out / "last.pt", start)
-    if ctx.is_main:
-        metrics.truncate(start)
+    state = ResumableRun(out, run_args, RESUME_IGNORES, ctx, model, optimizer, scheduler)
+    start, val = state.resume()
     loader = train_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed, ctx=ctx)
     vloader = eval_loader(val_set, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
     for epoch in range(start, args.epochs):
@@ -116,11 +97,8 @@ def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_arg
         log.info("epoch %d/%d  loss %.4f  train top-1 %.2f%%  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s",
                  epoch + 1, args.epochs, stats["train_loss"], stats["train_top1"], val["top1"], val["top5"],
                  stats["images_per_s"])
-        if ctx.is_main:
-            metrics.write({"epoch": epoch, "lr": lr, **stats, "val_top1": val["top1"], "val_top5": val["top5"],
-                           "val_loss": val["loss"]})
-            save_resume_state(out / "last.pt", args=run_args, epoch=epoch + 1, model=model, optimizer=optimizer,
-                              scheduler=scheduler, extra={"val": val})
+        state.end_epoch(epoch, {"epoch": epoch, "lr": lr, **stats, "val_top1": val["top1"], "val_top5": val["top5"],
+                                "val_loss": val["loss"]}, val)
     return val
 
 
@@ -129,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
     out = Path(args.output_dir)
-    run_args = jsonable(vars(args))
-    if finished_with_same_args(out, "pretrain", {k: v for k, v in run_args.items() if k not in RESUME_IGNORES}):
-        log.info("%s: already finished with these arguments; nothing to do", out)
+    run_args = run_arguments(args, RESUME_IGNORES)
+    if finished_with_same_args(out, "pretrain", run_args):
         return 0
     ctx = setup(args.device)
 
@@ -178,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         save_teacher(out / TEACHER_FILE, model=model, name=name, kwargs=model_kwargs, classes=classes, spec=spec,
                      input_size=size, bn_stats=bn_stats, args=run_args, val=val)
         outputs = [TEACHER_FILE, "config.yaml"] + ([] if args.stats_only else ["metrics.jsonl", "last.pt"])
-        write_manifest(out, stage="pretrain",
-                       args={k: v for k, v in run_args.items() if k not in RESUME_IGNORES},
+        write_manifest(out, stage="pretrain", args=run_args,
                        outputs=outputs, dataset=spec.to_dict(), classes=classes, model=name,
                        inputs={"teacher_weights": args.teacher} if args.stats_only else None,
                        extra={"val": val, "input_size": size, "model_kwargs": model_kwargs})

@@ -16,19 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from common.cli import progress, run_main
-from common.config import parse_with_config, save_resolved_config
+from common.config import parse_with_config, save_resolved_config, stage_parser
 from common.data import image_folder, select_per_class, split_dir
 from common.distributed import DistContext, setup
 from common.errors import UserError
 from common.io import atomic_torch_save, atomic_write_json, torch_load
-from common.manifest import finished_with_same_args, jsonable, record_run_args, write_manifest
+from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from common.training import derive_seed
 from common.transforms import eval_transform, pixel_bounds
 from models.teacher import Teacher, check_classes, load_teacher
@@ -49,12 +48,9 @@ RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recover", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
+    p = stage_parser("recover", __doc__.split("\n\n")[0], workers_help="DataLoader workers for the feature pass")
     p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt)")
     p.add_argument("--data-path", help="real dataset root (train/ is used for features and real images)")
-    p.add_argument("--output-dir", help="stage output directory")
     p.add_argument("--method", default="wmdd", choices=sorted(METHODS))
     p.add_argument("--ipc", type=int, default=10, help="images per class")
     p.add_argument("--batch-size", type=int, default=100,
@@ -69,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-class (WMDD) instead of global (SRe2L) BN statistics (method default)")
     p.add_argument("--first-bn-multiplier", type=float, default=10.0)
     p.add_argument("--jitter", type=int, help="random roll in pixels (default: input size * 32/224)")
+    p.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=True,
+                   help="random-resized crop of the batch each iteration (SRe2L's CIFAR recipe has none)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random horizontal flip of the batch each iteration")
     p.add_argument("--min-scale", type=float, default=0.08, help="random-resized-crop minimum area")
     p.add_argument("--max-scale", type=float, default=1.0, help="random-resized-crop maximum area")
     p.add_argument("--init", default="noise", choices=["noise", "real"],
@@ -77,11 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: k-means++-initialised alternation; pot: WMDD's POT path")
     p.add_argument("--weight-wb", action="store_true", help="free barycenter weights (k-means masses)")
     p.add_argument("--train-per-class", type=int, help="use a seeded choice of N real images per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the feature pass")
     p.add_argument("--feature-batch-size", type=int, default=256)
     p.add_argument("--log-every", type=int, default=50, help="iterations between loss records")
     return p
@@ -194,9 +189,8 @@ def run_batch(args, b: int, classes: list[int], teacher: Teacher, dataset, objec
 def main(argv: list[str] | None = None) -> int:
     args = resolve_args(parse_with_config(build_parser(), argv, "recover"))
     out = Path(args.output_dir)
-    run_args = {k: v for k, v in jsonable(vars(args)).items() if k not in RESUME_IGNORES}
+    run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "recover", run_args):
-        log.info("%s: already finished with these arguments; nothing to do", out)
         return 0
     ctx = setup(args.device)
     needs_stats = args.method != "random-real" and args.r_bn > 0
@@ -226,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         bary = bary or torch_load(out / "barycenters.pt", "barycenters")
     real = real_choice(dataset, args.ipc, args.seed) if (args.method == "random-real" or args.init == "real") else {}
     config = SynthesisConfig(iterations=args.iterations, lr=args.lr, min_scale=args.min_scale,
-                             max_scale=args.max_scale, jitter=jitter, amp=args.amp,
+                             max_scale=args.max_scale, random_crop=args.random_crop, flip=args.flip,
+                             jitter=jitter, amp=args.amp,
                              channels_last=args.channels_last, log_every=args.log_every)
     batches = class_batches(len(teacher.classes), args.ipc, args.batch_size)
     todo = [b for b in ctx.shard(len(batches)) if not marker_path(out, b).exists()]

@@ -19,7 +19,10 @@ class SynthesisConfig:
         iterations: optimiser steps.
         lr: Adam learning rate (betas 0.5, 0.9), cosine-decayed to 0 over ``iterations``.
         min_scale, max_scale: area range of the per-iteration random-resized crop.
-        jitter: maximum random roll in pixels (each direction, both axes).
+        random_crop: apply the random-resized crop (WMDD/SRe2L on ImageNet-sized images;
+            SRe2L's CIFAR recipe has only the roll).
+        flip: apply the random horizontal flip.
+        jitter: maximum random roll in pixels (0 to ``jitter`` on each axis, as WMDD's code).
         amp: bf16 autocast of the teacher forward.
         channels_last: channels_last memory format for the teacher input.
         log_every: record the loss every this many iterations (and the first and last).
@@ -29,21 +32,27 @@ class SynthesisConfig:
     lr: float
     min_scale: float = 0.08
     max_scale: float = 1.0
+    random_crop: bool = True
+    flip: bool = True
     jitter: int = 4
     amp: bool = False
     channels_last: bool = False
     log_every: int = 50
 
 
-def augment(x: torch.Tensor, size: int, min_scale: float, max_scale: float, jitter: int) -> torch.Tensor:
+def augment(x: torch.Tensor, config: SynthesisConfig) -> torch.Tensor:
     """One random view of the whole batch ``x [B, 3, S, S]`` (differentiable): the same
     random-resized crop (area ``[min_scale, max_scale]``) and horizontal flip for every
-    image, as in SRe2L/WMDD, then a random roll by up to ``jitter`` pixels per axis.
-    Uses the global torch RNG."""
-    view = v2.RandomResizedCrop(size, scale=(min_scale, max_scale), antialias=False)(x)
-    view = v2.RandomHorizontalFlip()(view)
+    image, as in SRe2L/WMDD (each switchable), then a random roll by 0 to ``jitter``
+    pixels on each axis (wrapping around). Uses the global torch RNG."""
+    view = x
+    if config.random_crop:
+        view = v2.RandomResizedCrop(x.shape[-1], scale=(config.min_scale, config.max_scale), antialias=False)(view)
+    if config.flip:
+        view = v2.RandomHorizontalFlip()(view)
+    jitter = config.jitter
     if jitter > 0:
-        dy, dx = torch.randint(-jitter, jitter + 1, (2,)).tolist()
+        dy, dx = torch.randint(0, jitter + 1, (2,)).tolist()
         view = torch.roll(view, shifts=(dy, dx), dims=(2, 3))
     return view
 
@@ -64,10 +73,9 @@ def synthesize(objective: RecoverObjective, init: torch.Tensor, classes: torch.T
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * it / config.iterations)))
     low, high = low.to(x.device), high.to(x.device)
-    size = x.shape[-1]
     curve = []
     for it in range(config.iterations):
-        view = augment(x, size, config.min_scale, config.max_scale, config.jitter)
+        view = augment(x, config)
         if config.channels_last:
             view = view.contiguous(memory_format=torch.channels_last)
         loss, parts = objective(view, classes, support, amp=config.amp)

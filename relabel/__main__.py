@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from common.cli import progress, run_main
-from common.config import parse_with_config, save_resolved_config
+from common.config import parse_with_config, save_resolved_config, stage_parser
 from common.data import image_folder
 from common.distributed import setup
 from common.errors import UserError
 from common.io import atomic_torch_save, atomic_write_json, read_json, sha256_files
-from common.manifest import finished_with_same_args, jsonable, record_run_args, write_manifest
+from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models.teacher import check_classes, load_teacher
 
@@ -33,12 +33,10 @@ SOFT_LABELS = "soft_labels"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m relabel", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults)")
+    p = stage_parser("relabel", __doc__.split("\n\n")[0], workers_help="DataLoader workers building the views",
+                     channels_last=False)
     p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
-    p.add_argument("--output-dir", help="stage output directory")
     p.add_argument("--epochs", type=int, default=300, help="student epochs to record")
     p.add_argument("--batch-size", type=int, default=100, help="student batch size (train must use the same)")
     p.add_argument("--input-size", type=int, help="view side in pixels (default: the teacher's)")
@@ -48,10 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix-alpha", type=float, default=1.0, help="lambda ~ Beta(alpha, alpha)")
     p.add_argument("--top-k", type=int, default=100,
                    help="logits kept per view (all classes when >= the number of classes)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="bf16 autocast of the teacher (meant for CUDA)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers building the views")
     return p
 
 
@@ -93,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = load_teacher(args.teacher, ctx.device)
     args.input_size = args.input_size or teacher.input_size
     settings = view_settings(args)
-    run_args = {k: v for k, v in jsonable(vars(args)).items() if k not in RESUME_IGNORES}
+    run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "relabel", run_args):
-        log.info("%s: already finished with these arguments; nothing to do", out)
         return 0
     rel, labels, classes = list_images(args.images)
     check_classes(teacher, classes, str(args.images))

@@ -11,8 +11,14 @@ from common.data import image_folder, split_dir
 from common.errors import UserError
 from common.transforms import eval_transform
 from models.teacher import load_teacher
-from recover.barycenter import (barycentric_update, class_barycenter, exact_barycenter, pot_barycenter,
-                                w2_squared, weighted_barycenter)
+from recover.barycenter import (
+    barycentric_update,
+    class_barycenter,
+    exact_barycenter,
+    pot_barycenter,
+    w2_squared,
+    weighted_barycenter,
+)
 from recover.features import extract_features
 
 

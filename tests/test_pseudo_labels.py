@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.errors import UserError
-from train.pseudo_labels import parse_pseudo_label_csv
 from tests.conftest import run_module
+from train.pseudo_labels import parse_pseudo_label_csv
 
 CLASSES = ["cat", "dog", "frog"]
 PER_CLASS = 4

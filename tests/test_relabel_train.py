@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +19,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from common.datasets import DatasetSpec
+from common.errors import UserError
 from common.views import DrawnEpochs, EpochPlan, PlannedBatches, image_sizes, plan_epoch
 from models.teacher import load_teacher
 from relabel.__main__ import view_settings
+from tests.conftest import REPO, run_module, torchrun
 from train.data import load_image_set
 from train.losses import dense_logits, kd_loss, mixed_cross_entropy
 from train.soft_labels import SoftLabels
-from tests.conftest import REPO, run_module, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,9 @@ def test_mixed_cross_entropy_by_hand():
         return -math.log(math.exp(row[k]) / sum(math.exp(v) for v in row))
 
     rows = logits.tolist()
-    hand = (1.0 * (0.75 * ce(rows[0], 0) + 0.25 * ce(rows[0], 1)) + 3.0 * (0.4 * ce(rows[1], 2) + 0.6 * ce(rows[1], 1))) / 2
+    first = 1.0 * (0.75 * ce(rows[0], 0) + 0.25 * ce(rows[0], 1))
+    second = 3.0 * (0.4 * ce(rows[1], 2) + 0.6 * ce(rows[1], 1))
+    hand = (first + second) / 2
     assert mixed_cross_entropy(logits, a, b, lam, w).item() == pytest.approx(hand, rel=1e-6)
 
 
@@ -154,7 +158,8 @@ def test_relabel_train_round_trip_writes_results(relabelled, ipc5_images, cifar_
     _train(ipc5_images, relabelled, cifar_root, out, "--teacher", tiny_teacher)
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"top1", "top5", "epochs", "model", "images", "num_images"}
-    assert (results["epochs"], results["model"], results["num_images"], results["val_images"]) == (3, "convnet", 50, 100)
+    assert (results["epochs"], results["model"], results["num_images"]) == (3, "convnet", 50)
+    assert results["val_images"] == 100
     assert 0 <= results["top1"] <= results["top5"] <= 100
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2] and lines[0]["images"] == 50
@@ -175,7 +180,6 @@ def test_other_mismatches_are_clear_errors(relabelled, ipc5_images, cifar_root, 
     proc = _train(ipc5_images, relabelled, cifar_root, tmp_path / "b", "--input-size", "64", check=False)
     assert proc.returncode == 2 and "--input-size 64 differs from the recorded input size 32" in proc.stderr
     other = tmp_path / "other"
-    import shutil
     shutil.copytree(ipc5_images, other)
     (other / "cat" / "0000.png").write_bytes((other / "dog" / "0000.png").read_bytes())
     proc = _train(other, relabelled, cifar_root, tmp_path / "c", check=False)
@@ -236,10 +240,11 @@ def test_torchrun_two_process_train(relabelled, ipc5_images, cifar_root, tmp_pat
     assert lines[0]["images"] == 25  # rank 0's half of every batch
 
 
-def test_view_settings_are_checked(relabelled):
+def test_view_settings_and_plan_round_trip(relabelled):
     class Args:
         batch_size, input_size, min_scale_crops, max_scale_crops, mix_type, mix_alpha = 10, 32, 0.5, 0.2, "cutmix", 1.0
-    from common.errors import UserError
     with pytest.raises(UserError, match="crop scales"):
         view_settings(Args)
-    assert EpochPlan.from_tensors(plan_epoch([(32, 32)] * 7, SoftLabels(relabelled).settings, 0, 0).to_tensors()).num_batches == 1
+    plan = plan_epoch([(32, 32)] * 7, SoftLabels(relabelled).settings, 0, 0)
+    back = EpochPlan.from_tensors(plan.to_tensors())
+    assert back.num_batches == 1 and torch.equal(back.boxes, plan.boxes) and torch.equal(back.partner, plan.partner)

@@ -2,7 +2,8 @@
 
 * ``acc_vs_ipc_<dataset>.png``: student top-1 against IPC, one line per
   method variant (mean over rows, error bars = standard deviation over seeds);
-* ``methods_<dataset>_ipc<k>.png``: one bar per method variant at each IPC.
+* ``methods_<dataset>_ipc<k>.png``: one bar per method variant at each IPC;
+* with ``--table``, a markdown table of mean +- std per variant and IPC.
 """
 
 from __future__ import annotations
@@ -29,8 +30,28 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
             .reset_index().fillna({"std": 0.0}))
 
 
-def plot(csv: Path, out: Path) -> list[Path]:
-    """Write the plots of ``csv`` into ``out``; returns the written files.
+def markdown_table(stats: pd.DataFrame) -> str:
+    """Markdown table per dataset: one row per variant, one column per IPC, cells
+    ``mean +- std (n)`` of student top-1."""
+    blocks = []
+    for dataset, group in stats.groupby("dataset"):
+        ipcs = sorted(group["ipc"].unique())
+        lines = [f"**{dataset}** (student top-1 %, mean +- std over n runs)", "",
+                 "| variant | " + " | ".join(f"IPC {int(i)}" for i in ipcs) + " |",
+                 "| --- |" + " --- |" * len(ipcs)]
+        for variant, rows in group.groupby("variant"):
+            cells = []
+            for i in ipcs:
+                r = rows[rows["ipc"] == i]
+                cells.append("" if r.empty else f"{r['mean'].iloc[0]:.2f} +- {r['std'].iloc[0]:.2f} "
+                                                 f"({int(r['count'].iloc[0])})")
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def load(csv: Path) -> pd.DataFrame:
+    """The rows of ``csv`` that have an IPC and a top-1.
 
     Raises:
         UserError: the CSV is missing, empty or lacks the needed columns.
@@ -41,8 +62,16 @@ def plot(csv: Path, out: Path) -> list[Path]:
     needed = {"dataset", "variant", "ipc", "top1"}
     if table.empty or not needed <= set(table.columns):
         raise UserError(f"{csv}: needs rows with columns {sorted(needed)}")
-    table = table.dropna(subset=["ipc", "top1"])
-    stats = aggregate(table)
+    return table.dropna(subset=["ipc", "top1"])
+
+
+def plot(csv: Path, out: Path) -> list[Path]:
+    """Write the plots of ``csv`` into ``out``; returns the written files.
+
+    Raises:
+        UserError: the CSV is missing, empty or lacks the needed columns.
+    """
+    stats = aggregate(load(csv))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset, group in stats.groupby("dataset"):
@@ -81,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.plot_results", description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", type=Path, default=Path("runs/results.csv"))
     p.add_argument("--out", type=Path, default=Path("runs/plots"))
+    p.add_argument("--table", action="store_true", help="also print a markdown table (mean +- std per IPC)")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(aggregate(load(args.csv))))
     for path in plot(args.csv, args.out):
         print(path)
     return 0

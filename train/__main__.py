@@ -28,16 +28,15 @@ import torch
 import torch.nn as nn
 
 from common.cli import progress, run_main
-from common.config import parse_with_config, save_resolved_config
+from common.config import parse_with_config, save_resolved_config, stage_parser
 from common.data import image_folder, split_dir, with_transform
 from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
 from common.io import atomic_write_json
 from common.loaders import eval_loader, seed_epoch, train_loader
-from common.manifest import finished_with_same_args, jsonable, write_manifest
-from common.training import (MetricsLog, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state,
-                             save_resume_state, unwrap)
+from common.manifest import finished_with_same_args, run_arguments, write_manifest
+from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
 from common.transforms import eval_transform, train_transform
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models import create_model, model_names, parse_model_kwargs
@@ -52,9 +51,7 @@ RESUME_IGNORES = ("workers", "device", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML preset (CLI > YAML > defaults)")
+    p = stage_parser("train", __doc__.split("\n\n")[0], workers_help="DataLoader worker processes")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
     p.add_argument("--soft-labels", help="relabel output directory")
     p.add_argument("--online-teacher", help="teacher directory: label views on the fly")
@@ -88,12 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=10, help="evaluate every N epochs (and at the end)")
     p.add_argument("--val-per-class", type=int, help="evaluate on a seeded choice of N images per class")
     p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--output-dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     return p
 
 
@@ -289,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv, "train")
     training_mode(args)
     out = Path(args.output_dir)
-    run_args = {k: v for k, v in jsonable(vars(args)).items() if k not in RESUME_IGNORES}
+    run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "train", run_args):
-        log.info("%s: already finished with these arguments; nothing to do", out)
         return 0
     ctx = setup(args.device)
     run = StudentRun(args, ctx)
@@ -303,25 +293,15 @@ def main(argv: list[str] | None = None) -> int:
                          **parse_model_kwargs(args.model, args.model_kwargs)).to(ctx.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else model
+    ddp = ctx.wrap(model)
     optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.wd,
                                 momentum=args.momentum)
     scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_resolved_config(args, out / "config.yaml")
-    metrics = MetricsLog(out / "metrics.jsonl")
-    start, val = 0, None
-    state = load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, val = state["epoch"], state["extra"].get("val")
-        log.info("resuming from %s after epoch %d", out / "last.pt", start)
-    if ctx.is_main:
-        metrics.truncate(start)
+    state = ResumableRun(out, run_args, RESUME_IGNORES, ctx, model, optimizer, scheduler)
+    start, val = state.resume()
     vloader = eval_loader(run.val, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
     for epoch, batches in run.epochs(start):
         lr = optimizer.param_groups[0]["lr"]
@@ -334,10 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
             log.info("epoch %d/%d  loss %.4f  val top-1 %.2f%%  top-5 %.2f%%  %.0f img/s", epoch + 1, args.epochs,
                      stats["train_loss"], val["top1"], val["top5"], stats["images_per_s"])
-        if ctx.is_main:
-            metrics.write(record)
-            save_resume_state(out / "last.pt", args=run_args, epoch=epoch + 1, model=model, optimizer=optimizer,
-                              scheduler=scheduler, extra={"val": val})
+        state.end_epoch(epoch, record, val)
     if ctx.is_main:
         results = {"top1": val["top1"], "top5": val["top5"], "epochs": args.epochs, "model": args.model,
                    "images": str(Path(args.images or args.train_dir).resolve()), "num_images": run.num_images(),

@@ -95,7 +95,6 @@ def load_sample_weights(csv_path: str | Path, images: ImageSet) -> torch.Tensor:
 def relabelled(train_dir: str | Path, labels: dict[str, int], transform):
     """The ImageFolder of ``train_dir`` restricted to the images in ``labels``
     (real path -> label), each with its label from ``labels``."""
-    import os
 
     ds = image_folder(train_dir, transform)
     ds.samples = [(p, labels[os.path.realpath(p)]) for p, _ in ds.samples if os.path.realpath(p) in labels]

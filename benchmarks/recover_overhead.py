@@ -1,0 +1,115 @@
+"""Time per recover iteration versus a bare teacher forward + backward on the same batch.
+
+One recover iteration (:func:`recover.synthesize.synthesize`) is: random-resized
+crop + flip + roll of the batch, teacher forward with the BN-input hooks and
+the feature capture, the WMDD loss (barycenter + per-class BN terms), backward
+to the pixels, Adam step and clipping. The bare loop is ``model(x)`` and a
+backward to ``x`` (teacher parameters frozen in both). Rounds alternate so that
+machine load affects both alike. Target ratio: <= 1.25 on CPU.
+
+    python -m benchmarks.recover_overhead [--teacher DIR] [--model resnet18] [--ipc 10] [--batch-size 100]
+        [--iterations 5] [--rounds 3] [--device auto] [--amp] [--channels-last]
+
+Without ``--teacher`` a freshly initialised model gets per-class BN statistics
+from 20 real CIFAR-10 images per class (timing does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.data import cached_dataset
+from common.data import image_folder, split_dir
+from common.datasets import get_spec
+from common.distributed import DistContext, resolve_device
+from common.transforms import eval_transform, pixel_bounds
+from models import create_model, penultimate_features
+from models.bn_stats import compute_bn_statistics
+from models.teacher import load_teacher
+from recover.losses import RecoverObjective
+from recover.synthesize import SynthesisConfig, synthesize
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--iterations", type=int, default=5, help="iterations per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    ctx = DistContext(0, 1, 0, device)
+
+    if args.teacher:
+        teacher = load_teacher(args.teacher, device, require_bn_stats=True)
+        model, stats, spec, size = teacher.model, teacher.bn_stats, teacher.spec, teacher.input_size
+    else:
+        spec, size = get_spec("cifar10"), 32
+        torch.manual_seed(0)
+        model = create_model(args.model, num_classes=10, dataset=spec).to(device).eval()
+        real = image_folder(split_dir(cached_dataset("cifar10", 20, 10), "train"), eval_transform(spec, size))
+        stats = compute_bn_statistics(model, DataLoader(real, batch_size=100), 10, ctx)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    num_classes = stats["per_class_mean"][stats["layers"][0]].shape[0]
+    groups = max(1, args.batch_size // args.ipc)
+    classes = torch.arange(groups, device=device) % num_classes
+    x = torch.randn(groups * args.ipc, 3, size, size, device=device)
+    with torch.no_grad():
+        support = penultimate_features(model, x).float() + 1.0
+    objective = RecoverObjective(model, stats, per_class_bn=True, use_wb=True, r_bn=0.01, r_ce=0.0,
+                                 first_bn_multiplier=10.0, device=device)
+    low, high = pixel_bounds(spec)
+    config = SynthesisConfig(iterations=args.iterations, lr=0.25, jitter=round(size * 32 / 224), amp=args.amp,
+                             channels_last=args.channels_last, log_every=10 ** 9)
+
+    def recover_round() -> float:
+        with objective:
+            sync(device)
+            start = time.perf_counter()
+            synthesize(objective, x, classes, support, low, high, config)
+            sync(device)
+        return (time.perf_counter() - start) / args.iterations
+
+    def bare_round() -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(args.iterations):
+            inp = x.clone().requires_grad_(True)
+            view = inp.contiguous(memory_format=torch.channels_last) if args.channels_last else inp
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                out = model(view)
+            out.float().square().mean().backward()
+        sync(device)
+        return (time.perf_counter() - start) / args.iterations
+
+    recover_round(), bare_round()  # warm-up
+    ours, bare = [], []
+    for _ in range(args.rounds):
+        ours.append(recover_round())
+        bare.append(bare_round())
+    n = groups * args.ipc
+    print(f"model {args.model if not args.teacher else args.teacher}, {n} images of {size} px per batch "
+          f"({groups} classes x IPC {args.ipc}), {device}, amp={args.amp}, channels_last={args.channels_last}, "
+          f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
+    print(f"recover iteration:       {min(ours) * 1000:8.1f} ms  ({n / min(ours):.1f} images/s)")
+    print(f"bare forward + backward: {min(bare) * 1000:8.1f} ms  ({n / min(bare):.1f} images/s)")
+    print(f"ratio:                   {min(ours) / min(bare):8.3f}  (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
