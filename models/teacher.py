@@ -118,6 +118,18 @@ def teacher_file(path: str | Path) -> Path:
     return path / TEACHER_FILE if path.is_dir() else path
 
 
+def teacher_sha256(path: str | Path) -> str:
+    """sha256 of the teacher checkpoint at ``path`` (file or pretrain directory), without loading it.
+
+    Raises:
+        UserError: the file does not exist.
+    """
+    file = teacher_file(path)
+    if not file.is_file():
+        raise UserError(f"{file}: teacher checkpoint file not found; check the path")
+    return sha256_file(file)
+
+
 def load_teacher(path: str | Path, device: torch.device | str = "cpu", require_bn_stats: bool = False) -> Teacher:
     """Load a teacher written by :func:`save_teacher` (``path`` = file or pretrain output dir).
 

@@ -136,7 +136,7 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
     features, labels = cached_features(out / "features.pt", teacher, dataset, ctx.device,
                                        args.feature_batch_size, args.workers)
     supports, weights, objectives, seconds = [], [], [], []
-    for c, name in enumerate(progress(teacher.classes, "barycenters", ctx.is_main)):
+    for c in progress(range(len(teacher.classes)), "barycenters", ctx.is_main):
         start = time.perf_counter()
         bary = class_barycenter(features[labels == c].double().numpy(), args.ipc, solver=args.barycenter_solver,
                                 weighted=args.weight_wb, seed=derive_seed(args.seed, "barycenter", c) % 2**32)

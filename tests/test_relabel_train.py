@@ -179,6 +179,12 @@ def test_other_mismatches_are_clear_errors(relabelled, ipc5_images, cifar_root, 
     assert proc.returncode == 2 and "--epochs 5 is more than the 3 epochs recorded" in proc.stderr
     proc = _train(ipc5_images, relabelled, cifar_root, tmp_path / "b", "--input-size", "64", check=False)
     assert proc.returncode == 2 and "--input-size 64 differs from the recorded input size 32" in proc.stderr
+    ckpt = torch.load(tiny_teacher / "teacher.pt", weights_only=True)
+    ckpt["val"] = None
+    torch.save(ckpt, tmp_path / "other_teacher.pt")
+    proc = _train(ipc5_images, relabelled, cifar_root, tmp_path / "t", "--teacher", tmp_path / "other_teacher.pt",
+                  check=False)
+    assert proc.returncode == 2 and "--teacher differs from the teacher the soft labels were" in proc.stderr
     other = tmp_path / "other"
     shutil.copytree(ipc5_images, other)
     (other / "cat" / "0000.png").write_bytes((other / "dog" / "0000.png").read_bytes())

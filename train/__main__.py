@@ -19,6 +19,7 @@ Writes ``OUT/metrics.jsonl``, ``OUT/results.json`` (top-1/top-5 in percent),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -40,7 +41,7 @@ from common.training import ResumableRun, build_epoch_scheduler, build_optimizer
 from common.transforms import eval_transform, train_transform
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models import create_model, model_names, parse_model_kwargs
-from models.teacher import Teacher, load_teacher
+from models.teacher import Teacher, load_teacher, teacher_sha256
 from train.data import ImageSet, load_image_set, load_sample_weights, relabelled
 from train.losses import kd_loss, mixed_cross_entropy
 from train.pseudo_labels import parse_pseudo_label_csv, summarize
@@ -158,7 +159,7 @@ class StudentRun:
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')}: views are fixed by the recorded soft labels "
                                 f"({self.soft.dir}); drop the option or re-run relabel")
-            teacher_sha = load_teacher(args.teacher).sha256 if args.teacher else None
+            teacher_sha = teacher_sha256(args.teacher) if args.teacher else None
             self.soft.check(batch_size=args.batch_size, epochs=args.epochs, images_dir=self.images.root,
                             files=self.images.files, images_sha256=self.images.sha256(),
                             input_size=args.input_size, teacher_sha256=teacher_sha)
@@ -169,9 +170,12 @@ class StudentRun:
         else:
             self.spec = self._spec_from_args()
             size = args.input_size or (self.teacher.input_size if self.teacher else self.spec.image_size)
-            self.settings = ViewSettings(batch_size=args.batch_size, input_size=size,
-                                         min_scale=args.min_scale_crops or 0.08, max_scale=args.max_scale_crops or 1.0,
-                                         mix_type=args.mix_type or "cutmix", mix_alpha=args.mix_alpha or 1.0)
+            defaults = ViewSettings(batch_size=args.batch_size, input_size=size)
+            given = {name: value for name, value in (("min_scale", args.min_scale_crops),
+                                                     ("max_scale", args.max_scale_crops),
+                                                     ("mix_type", args.mix_type), ("mix_alpha", args.mix_alpha))
+                     if value is not None}
+            self.settings = dataclasses.replace(defaults, **given)
             self.settings.check()
             self.sizes = image_sizes(self.images.paths)
         if self.teacher is not None and self.teacher.classes != self.classes:
