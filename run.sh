@@ -38,6 +38,7 @@ Long options:
   --seed N                          seed of recover, relabel and train [0]
   --input-size PX                   teacher/student input side (default: the dataset's native size)
   --teacher-epochs N                pretrain epochs (default: configs/<dataset>.yaml)
+  --batch-size N                    relabel/train batch size (default: min(100, distilled images))
   --pretrain-args "..."             extra flags for python -m pretrain (likewise --recover-args,
                                     --relabel-args, --train-args), e.g. --train-args "--val-every 50"
   --demo                            digits demo: WMDD and random-real at IPC 10, then a table
@@ -56,18 +57,18 @@ die() {
 
 EXP=exp; TEACHER_ID=t0; DATASET=cifar10; TMODEL=resnet18; SMODEL=resnet18; ROOT=""; GPUS=""; IPC=10
 PRETRAIN=0; PCBN=0; WB=0; RBN=""; RLR=""; RCE=""; ITERS=""; EPOCHS=""; DEBUG=0
-METHOD=wmdd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; DEMO=0
+METHOD=wmdd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; BATCH=""; DEMO=0
 declare -A EXTRA=([pretrain]="" [recover]="" [relabel]="" [train]="")
 
 short=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --method|--device|--out|--seed|--input-size|--teacher-epochs|--pretrain-args|--recover-args|--relabel-args|\
-    --train-args)
+    --method|--device|--out|--seed|--input-size|--teacher-epochs|--batch-size|--pretrain-args|--recover-args|\
+    --relabel-args|--train-args)
       [[ $# -ge 2 ]] || die "$1 needs a value"
       case "$1" in
         --method) METHOD="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
-        --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;;
+        --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;; --batch-size) BATCH="$2" ;;
         *) name="${1#--}"; EXTRA[${name%-args}]="$2" ;;
       esac
       shift 2 ;;
@@ -97,7 +98,7 @@ case "$METHOD" in wmdd|sre2l|random-real) ;; *) die "--method $METHOD: expected 
 case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device $DEVICE: expected auto, cpu or cuda" ;; esac
 is_int "$IPC" || die "-c $IPC: IPC must be a positive integer"
 is_int "$SEED" || [[ "$SEED" == 0 ]] || die "--seed $SEED: expected a non-negative integer"
-for pair in "i:$ITERS" "z:$EPOCHS" "input-size:$INPUT_SIZE" "teacher-epochs:$TEACHER_EPOCHS"; do
+for pair in "i:$ITERS" "z:$EPOCHS" "input-size:$INPUT_SIZE" "teacher-epochs:$TEACHER_EPOCHS" "batch-size:$BATCH"; do
   value="${pair#*:}"; [[ -z "$value" ]] || is_int "$value" || die "${pair%%:*} $value: expected a positive integer"
 done
 for pair in "b:$RBN" "a:$RLR" "t:$RCE"; do
@@ -112,7 +113,7 @@ cd "$REPO"
 datasets="$("$PYTHON" -c 'from common.datasets import dataset_names; print(" ".join(dataset_names()))')"
 
 if [[ "$DEMO" == 1 ]]; then
-  DATASET=digits; TMODEL=convnet; SMODEL=convnet; IPC=10
+  DATASET=digits; TMODEL=convnet; SMODEL=convnet; IPC=10; BATCH="${BATCH:-25}"
   ROOT="$OUT/data"
   "$PYTHON" -m common.prepare digits "$ROOT/digits"
 fi
@@ -183,9 +184,9 @@ run_experiment() {
   stage recover "${rec[@]}"
 
   local images="$exp_dir/recover/images"
-  local count batch
+  local count batch="$BATCH"
   count=$(find "$images" -name '*.png' | wc -l)
-  batch=$(( count < 100 ? count : 100 ))
+  [[ -n "$batch" ]] || batch=$(( count < 100 ? count : 100 ))
   local epochs=()
   [[ -n "$EPOCHS" ]] && epochs=(--epochs "$EPOCHS")
   [[ "$DEBUG" == 1 && -z "$EPOCHS" ]] && epochs=(--epochs 2)

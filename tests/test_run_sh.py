@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,9 +69,10 @@ def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
     proc.wait()
     assert (exp / "recover").is_dir() and not (exp / "recover" / "manifest.json").exists()
     run_sh("run.sh", *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", cifar_root.parent,
-           "-x", "killed", "--out", out)
+           "-x", "killed", "--out", out, "--batch-size", "5")
     for stage in ("recover", "relabel", "train"):
         assert (exp / stage / "manifest.json").is_file()
+    assert json.loads((exp / "relabel" / "soft_labels" / "meta.json").read_text())["batch_size"] == 5
     assert set(pd.read_csv(out / "results.csv")["experiment"]) == {"dbg", "killed"}
 
 
@@ -86,6 +88,7 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["-d", "cifar10", "-r", "/nonexistent"], "data root /nonexistent/cifar10 does not exist"),
     (["-c", "ten", "-r", "/tmp"], "-c ten: IPC must be a positive integer"),
     (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
+    (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
     (["--method", "dm", "-r", "/tmp"], "--method dm: expected wmdd, sre2l or random-real"),
 ])
 def test_bad_flags_print_usage_and_fail(args, message):
