@@ -26,12 +26,54 @@ def feature_matching_loss(features: torch.Tensor, support: torch.Tensor) -> torc
     return torch.linalg.vector_norm(features.float() - support)
 
 
+class _GroupMoments(torch.autograd.Function):
+    """Per-group channel mean and biased variance with a hand-written backward.
+
+    The forward reduces without full-size temporaries (a sum and a vector norm per
+    image and channel, then float64 combination over the group's images); the
+    backward is a single ``x * a + c`` pass. Autograd's generic ``var_mean``
+    allocates several input-sized tensors in each direction, which dominated the
+    recover iteration of small teachers on CPU (see ``benchmarks/recover_overhead.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        y = x.reshape(groups, b // groups, c, h * w)
+        count = (b // groups) * h * w
+        s1 = y.sum(dim=3).double().sum(dim=1)
+        s2 = torch.linalg.vector_norm(y, dim=3).double().square().sum(dim=1)
+        mean = s1 / count
+        var = (s2 / count - mean.square()).clamp_min(0)
+        ctx.save_for_backward(x, mean)
+        ctx.groups, ctx.count = groups, count
+        return mean.to(x.dtype), var.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor):
+        x, mean = ctx.saved_tensors
+        b, c, h, w = x.shape
+        # d mean / dx = 1/N;  d var / dx = 2 (x - mean) / N  =>  grad = x * a + (grad_mean / N - a * mean)
+        a = 2.0 * grad_var.double() / ctx.count
+        offset = grad_mean.double() / ctx.count - a * mean
+        shape = (ctx.groups, 1, c, 1)
+        grad = torch.addcmul(offset.to(x.dtype).reshape(shape), x.reshape(ctx.groups, b // ctx.groups, c, h * w),
+                             a.to(x.dtype).reshape(shape))
+        return grad.reshape(b, c, h, w), None
+
+
 def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance per channel of each of ``groups`` equal consecutive
-    slices of the batch: ``x [B, C, H, W]`` -> ``(mean [G, C], var [G, C])`` float32."""
-    b, c, h, w = x.shape
-    var, mean = torch.var_mean(x.float().reshape(groups, b // groups, c, h, w), dim=(1, 3, 4), correction=0)
-    return mean, var
+    slices of the batch: ``x [B, C, H, W]`` -> ``(mean [G, C], var [G, C])``, float32
+    (float64 for float64 input; half-precision input is upcast), differentiable with
+    respect to ``x``.
+
+    Raises:
+        ValueError: ``B`` is not a multiple of ``groups``.
+    """
+    if x.shape[0] % groups:
+        raise ValueError(f"batch of {x.shape[0]} images does not split into {groups} equal groups")
+    return _GroupMoments.apply(x if x.dtype == torch.float64 else x.float(), groups)
 
 
 def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, torch.Tensor],

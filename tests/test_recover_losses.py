@@ -9,7 +9,7 @@ from common.data import image_folder, split_dir
 from common.transforms import eval_transform
 from models.bn_stats import BNInputCapture
 from models.teacher import load_teacher
-from recover.losses import RecoverObjective, feature_matching_loss
+from recover.losses import RecoverObjective, feature_matching_loss, group_moments
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,22 @@ def test_feature_and_ce_terms(two_class_batch):
     assert parts["ce"].item() == pytest.approx(ce_hand.item(), rel=1e-5)
     assert loss.item() == pytest.approx(feat_hand.item() + 2.0 * ce_hand.item(), rel=1e-5)
     assert feature_matching_loss(feats, support).item() == pytest.approx(feat_hand.item(), rel=1e-6)
+
+
+def test_group_moments_values_and_gradient_match_a_direct_computation():
+    torch.manual_seed(0)
+    x = (torch.randn(6, 4, 5, 3, dtype=torch.float64) * 3 + 2).requires_grad_(True)
+    mean, var = group_moments(x, 2)
+    ref_var, ref_mean = torch.var_mean(x.reshape(2, 3, 4, 5, 3), dim=(1, 3, 4), correction=0)
+    assert mean.shape == var.shape == (2, 4)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+    weights = torch.randn(2, 2, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((weights[0] * mean).sum() + (weights[1] * var).sum(), x)
+    (ref_grad,) = torch.autograd.grad((weights[0] * ref_mean).sum() + (weights[1] * ref_var).sum(), x)
+    torch.testing.assert_close(grad, ref_grad)
+    assert torch.autograd.gradcheck(lambda t: group_moments(t, 3), (x.detach().requires_grad_(True),))
+    half_mean, _ = group_moments(x.detach().to(torch.bfloat16), 2)
+    assert half_mean.dtype == torch.float32
+    with pytest.raises(ValueError, match="does not split into 4 equal groups"):
+        group_moments(x, 4)
