@@ -159,7 +159,7 @@ def pot_barycenter(features: np.ndarray, k: int, *, seed: int = 0, max_iter: int
                       len(log["displacement_square_norms"]))
 
 
-def weighted_barycenter(features: np.ndarray, k: int, *, seed: int = 0, n_init: int = 3) -> Barycenter:
+def weighted_barycenter(features: np.ndarray, k: int, *, seed: int = 0, n_init: int = 1) -> Barycenter:
     """Free-weight barycenter = k-means: support = centres, weights = cluster masses.
 
     The objective is the mean squared distance of each feature to its centre
