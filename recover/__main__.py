@@ -182,7 +182,8 @@ def run_batch(args, b: int, classes: list[int], teacher: Teacher, dataset, objec
               "seconds": time.perf_counter() - start, "curve": curve}
     atomic_write_json(marker_path(out, b), record)
     if curve:
-        log.info("batch %d (%s): loss %.4f -> %.4f in %.1f s", b, ", ".join(record["classes"][:3]),
+        names = record["classes"]
+        log.info("batch %d (%d classes, %s..%s): loss %.4f -> %.4f in %.1f s", b, len(names), names[0], names[-1],
                  curve[0]["loss"], curve[-1]["loss"], record["seconds"])
 
 
