@@ -1,0 +1,39 @@
+"""The shipped YAML presets in configs/ are valid for every stage they configure."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import STAGES, load_yaml_section
+from common.datasets import get_spec
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"cifar10", "cifar100", "digits", "imagenette", "tiny-imagenet"}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_keys_are_stage_options(preset):
+    """A key a stage's parser does not know would stop every run that uses the preset."""
+    data = yaml.safe_load(preset.read_text())
+    assert set(data) <= set(STAGES), preset
+    for stage in data:
+        known = {a.dest for a in importlib.import_module(f"{stage}.__main__").build_parser()._actions}
+        unknown = set(load_yaml_section(preset, stage)) - known
+        assert not unknown, f"{preset.name} [{stage}]: {sorted(unknown)}"
+    assert get_spec(data["pretrain"]["dataset"]).name == preset.stem
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_large_image_presets_leave_jitter_to_scale(preset):
+    """At 224 px a fixed jitter (WMDD's 32 px) would be a full roll at --input-size 32;
+    presets of large-image datasets leave it to the input-size rule."""
+    spec = get_spec(yaml.safe_load(preset.read_text())["pretrain"]["dataset"])
+    if spec.image_size >= 64:
+        assert "jitter" not in load_yaml_section(preset, "recover")
