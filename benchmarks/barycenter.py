@@ -9,7 +9,7 @@ objective (``ot.emd2``, the same function for all) of:
 * ``exact``: our default (:func:`recover.barycenter.exact_barycenter`);
 * ``wmdd_weighted``: WMDD's ``--weight-wb`` path, reimplemented here only for
   comparison (:func:`wmdd_weighted_barycenter`);
-* ``kmeans``: our weighted mode (:func:`recover.barycenter.weighted_barycenter`).
+* ``weighted``: our free-weight mode (:func:`recover.barycenter.weighted_barycenter`).
 
     python -m benchmarks.barycenter --teacher TEACHER_DIR --data-path ROOT [--k 1 10 50 100]
         [--classes N] [--weighted-classes N] [--out results.csv]
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--teacher", required=True)
     p.add_argument("--data-path", required=True)
     p.add_argument("--k", type=int, nargs="+", default=[1, 10, 50, 100])
-    p.add_argument("--classes", type=int, help="first N classes for pot/exact/kmeans (default all)")
+    p.add_argument("--classes", type=int, help="first N classes for pot/exact/weighted (default all)")
     p.add_argument("--weighted-classes", type=int, default=2, help="first N classes for WMDD's weighted loop")
     p.add_argument("--cache", default=".cache/bench-features", help="feature cache directory")
     p.add_argument("--out", help="CSV of every measurement")
@@ -98,7 +98,7 @@ def main() -> None:
         for k in args.k:
             for name, fn in (("pot", lambda: pot_barycenter(x, k, seed=c)),
                              ("exact", lambda: exact_barycenter(x, k, seed=c)),
-                             ("kmeans", lambda: weighted_barycenter(x, k, seed=c))):
+                             ("weighted", lambda: weighted_barycenter(x, k, seed=c))):
                 bary, seconds = timed(fn)
                 rows.append({"class": c, "n": len(x), "k": k, "solver": name, "seconds": seconds,
                              "w2": w2_squared(x, bary.support, bary.weights)})
@@ -123,10 +123,14 @@ def main() -> None:
     print("classes where exact is worse than pot:\n" + worse.to_string())
     if "wmdd_weighted" in pivot_w2:
         sub = pivot_w2.dropna(subset=["wmdd_weighted"])
-        print("weighted: W2^2 kmeans / wmdd_weighted, and wmdd_weighted / pot (classes with both):\n" +
-              pd.DataFrame({"kmeans/wmdd_weighted": (sub["kmeans"] / sub["wmdd_weighted"]),
-                            "wmdd_weighted/pot": (sub["wmdd_weighted"] / sub["pot"])}).round(4).to_string())
-
+        per_class = pd.DataFrame({"weighted/wmdd_weighted": sub["weighted"] / sub["wmdd_weighted"],
+                                  "wmdd_weighted/pot": sub["wmdd_weighted"] / sub["pot"],
+                                  "weighted/exact": sub["weighted"] / sub["exact"]})
+        print("free weights, W2^2 ratios per class:\n" + per_class.round(4).to_string())
+        print("free weights, W2^2 ratios over classes: mean, min, max\n"
+              + per_class.groupby("k").agg(["mean", "min", "max"]).round(4).to_string())
+        print("classes where weighted is worse than wmdd_weighted:\n"
+              + (per_class["weighted/wmdd_weighted"] > 1 + 1e-9).groupby("k").sum().to_string())
 
 if __name__ == "__main__":
     main()

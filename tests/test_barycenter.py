@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import kmeans_plusplus
 
 from common.data import image_folder, split_dir
 from common.errors import UserError
 from common.transforms import eval_transform
 from models.teacher import load_teacher
 from recover.barycenter import (
+    alternate,
     barycentric_update,
     class_barycenter,
     exact_barycenter,
@@ -69,7 +71,7 @@ def test_w2_squared_matches_assignment_cost(real_features):
     assert np.isclose(w2_squared(x, support), cost, rtol=1e-10)
 
 
-def test_weighted_barycenter_is_kmeans_and_no_worse_than_uniform(real_features):
+def test_weighted_barycenter_is_kmeans_and_no_worse_than_its_balanced_start(real_features):
     x = real_features[7]
     for k in (2, 5):
         w = weighted_barycenter(x, k, seed=0)
@@ -78,7 +80,12 @@ def test_weighted_barycenter_is_kmeans_and_no_worse_than_uniform(real_features):
         assert np.isclose(w.objective, nearest.min(1).mean(), rtol=1e-9)
         assert np.allclose(w.weights, np.bincount(nearest.argmin(1), minlength=k) / len(x))
         assert np.isclose(w2_squared(x, w.support, w.weights), w.objective, rtol=1e-9)
-        assert w.objective <= exact_barycenter(x, k, seed=0).objective * (1 + 1e-9)
+        # a fixed point of Lloyd's algorithm: every centre is the mean of its cluster
+        for j in range(k):
+            assert np.allclose(w.support[j], x[nearest.argmin(1) == j].mean(0), atol=1e-6)
+        start = kmeans_plusplus(x, k, random_state=np.random.RandomState(0))[0]
+        balanced = alternate(x, start, np.full(k, 1.0 / k), tol=1e-4)
+        assert w.objective <= balanced.objective * (1 + 1e-9)
 
 
 def test_solvers_are_seeded_and_check_k(real_features):
