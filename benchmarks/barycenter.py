@@ -132,5 +132,6 @@ def main() -> None:
         print("classes where weighted is worse than wmdd_weighted:\n"
               + (per_class["weighted/wmdd_weighted"] > 1 + 1e-9).groupby("k").sum().to_string())
 
+
 if __name__ == "__main__":
     main()
