@@ -63,6 +63,25 @@ def load_yaml_section(path: str | Path, stage: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str) -> dict:
+    """The settings for ``stage`` in the YAML file ``path``, checked against ``parser``.
+
+    Returns:
+        ``{dest: value}`` ready for ``parser.set_defaults``.
+
+    Raises:
+        UserError: as :func:`load_yaml_section`, or the YAML names a setting the
+            parser does not know.
+    """
+    settings = load_yaml_section(path, stage)
+    known = {a.dest for a in parser._actions}
+    for key in settings:
+        if key not in known or key == "config":
+            raise UserError(f"{path}: unknown {stage} setting {key!r}; "
+                            f"see `python -m {stage} --help` for the valid options")
+    return settings
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str) -> argparse.Namespace:
     """Parse ``argv`` with defaults overridden by ``--config FILE.yaml`` when given.
 
@@ -70,17 +89,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     parser's defaults.
 
     Raises:
-        UserError: the YAML names a setting the parser does not know.
+        UserError: the YAML names a setting the parser does not know (:func:`config_defaults`).
     """
     pre, _ = parser.parse_known_args(argv)
     if getattr(pre, "config", None):
-        settings = load_yaml_section(pre.config, stage)
-        known = {a.dest for a in parser._actions}
-        for key in settings:
-            if key not in known or key == "config":
-                raise UserError(f"{pre.config}: unknown {stage} setting {key!r}; "
-                                f"see `python -m {stage} --help` for the valid options")
-        parser.set_defaults(**settings)
+        parser.set_defaults(**config_defaults(parser, pre.config, stage))
     return parser.parse_args(argv)
 
 
