@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import KMeans, kmeans_plusplus
 
 from common.data import image_folder, split_dir
 from common.errors import UserError
@@ -71,7 +71,7 @@ def test_w2_squared_matches_assignment_cost(real_features):
     assert np.isclose(w2_squared(x, support), cost, rtol=1e-10)
 
 
-def test_weighted_barycenter_is_kmeans_and_no_worse_than_its_balanced_start(real_features):
+def test_weighted_barycenter_is_kmeans_and_no_worse_than_either_candidate(real_features):
     x = real_features[7]
     for k in (2, 5):
         w = weighted_barycenter(x, k, seed=0)
@@ -86,6 +86,9 @@ def test_weighted_barycenter_is_kmeans_and_no_worse_than_its_balanced_start(real
         start = kmeans_plusplus(x, k, random_state=np.random.RandomState(0))[0]
         balanced = alternate(x, start, np.full(k, 1.0 / k), tol=1e-4)
         assert w.objective <= balanced.objective * (1 + 1e-9)
+        restarts = KMeans(n_clusters=k, n_init=3, random_state=0).fit(x).inertia_ / len(x)
+        assert w.objective <= restarts * (1 + 1e-9)
+        assert w.objective <= weighted_barycenter(x, k, seed=0, restarts=0).objective * (1 + 1e-9)
 
 
 def test_solvers_are_seeded_and_check_k(real_features):

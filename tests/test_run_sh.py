@@ -130,3 +130,15 @@ def test_plot_results(debug_run, tmp_path):
     assert files == ["acc_vs_ipc_cifar10.png", "methods_cifar10_ipc2.png"]
     assert all((tmp_path / "plots" / f).stat().st_size > 5000 for f in files)
     assert "acc_vs_ipc_cifar10.png" in proc.stdout
+
+
+def test_results_table_mean_std_and_single_runs():
+    from tools.plot_results import aggregate, markdown_table
+    rows = pd.DataFrame({"dataset": ["cifar10"] * 4, "variant": ["wmdd", "wmdd", "wmdd", "random-real"],
+                         "ipc": [10, 10, 50, 10], "top1": [30.0, 34.0, 41.5, 38.25]})
+    table = markdown_table(aggregate(rows))
+    lines = table.splitlines()
+    assert lines[2] == "| variant | IPC 10 | IPC 50 |"
+    assert "| random-real | 38.25 (1 run) |  |" in lines
+    # sample standard deviation of (30, 34) = sqrt(8) = 2.83
+    assert "| wmdd | 32.00 +- 2.83 (2) | 41.50 (1 run) |" in lines

@@ -25,14 +25,21 @@ log = logging.getLogger("wmdd.tools")
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and count of top-1 per (dataset, variant, ipc)."""
-    return (table.groupby(["dataset", "variant", "ipc"])["top1"].agg(["mean", "std", "count"])
-            .reset_index().fillna({"std": 0.0}))
+    """Mean, standard deviation and count of top-1 per (dataset, variant, ipc); the
+    standard deviation of a single run is NaN (undefined), not 0."""
+    return table.groupby(["dataset", "variant", "ipc"])["top1"].agg(["mean", "std", "count"]).reset_index()
+
+
+def table_cell(mean: float, std: float, count: int) -> str:
+    """``"mean +- std (n)"`` in percent with two decimals, or ``"mean (1 run)"``."""
+    if count == 1:
+        return f"{mean:.2f} (1 run)"
+    return f"{mean:.2f} +- {std:.2f} ({count})"
 
 
 def markdown_table(stats: pd.DataFrame) -> str:
     """Markdown table per dataset: one row per variant, one column per IPC, cells
-    ``mean +- std (n)`` of student top-1."""
+    ``mean +- std (n)`` of student top-1 (:func:`table_cell`)."""
     blocks = []
     for dataset, group in stats.groupby("dataset"):
         ipcs = sorted(group["ipc"].unique())
@@ -43,8 +50,8 @@ def markdown_table(stats: pd.DataFrame) -> str:
             cells = []
             for i in ipcs:
                 r = rows[rows["ipc"] == i]
-                cells.append("" if r.empty else f"{r['mean'].iloc[0]:.2f} +- {r['std'].iloc[0]:.2f} "
-                                                 f"({int(r['count'].iloc[0])})")
+                cells.append("" if r.empty else table_cell(r["mean"].iloc[0], r["std"].iloc[0],
+                                                           int(r["count"].iloc[0])))
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -78,7 +85,7 @@ def plot(csv: Path, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, rows in group.groupby("variant"):
             rows = rows.sort_values("ipc")
-            ax.errorbar(rows["ipc"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=name)
+            ax.errorbar(rows["ipc"], rows["mean"], yerr=rows["std"].fillna(0.0), marker="o", capsize=3, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("images per class (IPC)")
         ax.set_ylabel("student top-1 (%)")
@@ -93,7 +100,7 @@ def plot(csv: Path, out: Path) -> list[Path]:
         for ipc, rows in group.groupby("ipc"):
             fig, ax = plt.subplots(figsize=(6, 4))
             rows = rows.sort_values("mean")
-            ax.barh(rows["variant"], rows["mean"], xerr=rows["std"], capsize=3, color="tab:blue")
+            ax.barh(rows["variant"], rows["mean"], xerr=rows["std"].fillna(0.0), capsize=3, color="tab:blue")
             for y, (m, n) in enumerate(zip(rows["mean"], rows["count"])):
                 ax.text(m, y, f" {m:.1f} (n={n})", va="center", fontsize=8)
             ax.set_xlabel("student top-1 (%)")
