@@ -102,6 +102,8 @@ def test_group_moments_values_and_gradient_match_a_direct_computation():
     (grad,) = torch.autograd.grad((weights[0] * mean).sum() + (weights[1] * var).sum(), x)
     (ref_grad,) = torch.autograd.grad((weights[0] * ref_mean).sum() + (weights[1] * ref_var).sum(), x)
     torch.testing.assert_close(grad, ref_grad)
+    # A fresh tensor, not a view: autograd can then add another gradient into it in place.
+    assert grad._base is None
     assert torch.autograd.gradcheck(lambda t: group_moments(t, 3), (x.detach().requires_grad_(True),))
     half_mean, _ = group_moments(x.detach().to(torch.bfloat16), 2)
     assert half_mean.dtype == torch.float32
