@@ -17,7 +17,7 @@ WMDD flags:
   -x ID      experiment id (runs/<dataset>/<ID>/{recover,relabel,train})      [exp]
   -y ID      teacher id (runs/teachers/<dataset>_<model>/<ID>/)               [t0]
   -d NAME    dataset: cifar10 cifar100 tiny-imagenet imagenette imagewoof imagenet digits imagefolder [cifar10]
-  -m MODEL   teacher model (resnet18 resnet50 resnet101 convnet vit_tiny)   [resnet18]
+  -m MODEL   teacher model (resnet18 resnet50 resnet101 convnet convnet_in vit_tiny)   [resnet18]
   -e MODEL   student model                                                   [resnet18]
   -r DIR     data root; the dataset is DIR/<dataset>
   -u GPUS    GPU index or comma list (several = torchrun --nproc_per_node N)

@@ -7,6 +7,9 @@ import torch.nn as nn
 
 from common.errors import UserError
 
+#: Where :func:`block_outputs` reads a block's feature map.
+BLOCK_POINTS = ("post_norm", "pre_norm")
+
 
 def default_depth(image_size: int) -> int:
     """DM's depth for an input side: 3 at 32 px, 4 at 64 px, 5 at 128 and 224 px
@@ -37,7 +40,9 @@ class ConvNet(nn.Module):
     (``width * (S / 2**depth)**2`` values), the input of ``classifier``.
 
     ``norm="instance"`` is DM's instance norm (GroupNorm with one group per
-    channel); ``"batch"`` gives the BatchNorm layers WMDD's statistics need.
+    channel; registered as ``convnet_in``); ``"batch"`` gives the BatchNorm
+    layers WMDD's statistics need. :func:`block_outputs` reads every block's
+    feature map.
     """
 
     def __init__(self, *, num_classes: int, image_size: int, depth: int | None = None,
@@ -58,3 +63,45 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def block_outputs(model: ConvNet, x: torch.Tensor,
+                  where: str = "post_norm") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every block's feature map and the final embedding, in one forward pass.
+
+    Walks ``model.features`` block by block ([conv, norm, ReLU, pool]); the
+    ReLU is applied out of place so that the recorded maps are not overwritten
+    by the model's in-place ReLU. Used by style matching on DM's network
+    (Decomposed DM, Malakshan et al., WACV 2025).
+
+    Args:
+        model: a :class:`ConvNet` (e.g. ``create_model("convnet_in", ...)``).
+        x: ``[B, 3, S, S]`` float32.
+        where: ``"post_norm"``: each block's norm output, before the ReLU
+            (with instance norm, per-image channel means ~0 and variances ~1
+            at initialisation); ``"pre_norm"``: the convolution output.
+
+    Returns:
+        ``(maps, embedding)``: ``maps[k]`` is ``[B, width, S / 2**k, S / 2**k]``
+        for block k (``[B, 128, 32, 32]``, ``[B, 128, 16, 16]``,
+        ``[B, 128, 8, 8]`` for DM's ConvNet at 32 px); ``embedding`` is
+        ``[B, width * (S / 2**depth)**2]``, the flattened last block output that
+        the classifier reads (:func:`models.features.penultimate_features`).
+        Differentiable w.r.t. ``x`` and the weights.
+
+    Raises:
+        UserError: ``model`` is not a ConvNet, or ``where`` is not one of
+            :data:`BLOCK_POINTS`.
+    """
+    if not isinstance(model, ConvNet):
+        raise UserError(f"block_outputs needs a ConvNet (convnet, convnet_in), got {type(model).__name__}")
+    if where not in BLOCK_POINTS:
+        raise UserError(f"block feature maps are read at {' or '.join(BLOCK_POINTS)}, got {where!r}")
+    maps, h = [], x
+    layers = iter(model.features)
+    for conv, norm, _, pool in zip(layers, layers, layers, layers):
+        pre = conv(h)
+        post = norm(pre)
+        maps.append(post if where == "post_norm" else pre)
+        h = pool(torch.relu(post))
+    return maps, torch.flatten(h, 1)

@@ -22,6 +22,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
                                                               stem=stem_for_size(image_size)),
     "convnet": lambda num_classes, image_size, **kw: ConvNet(num_classes=num_classes,
                                                              image_size=image_size, **kw),
+    # DM's network (Zhao & Bilen, WACV 2023): instance norm, width 128, DM's depth for the input side
+    "convnet_in": lambda num_classes, image_size, **kw: ConvNet(num_classes=num_classes, image_size=image_size,
+                                                                norm="instance", **kw),
     "vit_tiny": lambda num_classes, image_size: build_vit_tiny(num_classes=num_classes,
                                                                image_size=image_size),
 }
@@ -29,6 +32,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 #: Options each architecture accepts through ``--model-kwargs key=value``.
 MODEL_OPTIONS: dict[str, dict[str, type]] = {
     "convnet": {"depth": int, "width": int, "norm": str},
+    "convnet_in": {"depth": int, "width": int},
 }
 
 
@@ -63,7 +67,9 @@ def create_model(name: str, *, num_classes: int, dataset: DatasetSpec | str,
 
     Args:
         name: one of :func:`model_names` (``resnet18``, ``resnet50``,
-            ``resnet101``, ``convnet``, ``vit_tiny``).
+            ``resnet101``, ``convnet``, ``convnet_in``, ``vit_tiny``).
+            ``convnet_in`` is DM's ConvNet: ``convnet`` with instance norm
+            (depth and width options only).
         num_classes: classifier outputs.
         dataset: spec (or registered name) whose image size picks the stem.
         input_size: input side in pixels when it differs from the dataset's

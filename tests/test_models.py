@@ -8,10 +8,11 @@ import torch.nn as nn
 
 from common.datasets import get_spec
 from common.errors import UserError
-from models import create_model, forward_with_features, model_names, parse_model_kwargs, penultimate_features
+from models import (block_outputs, create_model, forward_with_features, model_names, parse_model_kwargs,
+                    penultimate_features)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnet", "vit_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnet", "convnet_in", "vit_tiny"])
 @pytest.mark.parametrize("dataset,size", [("cifar10", 32), ("tiny-imagenet", 64)])
 def test_models_map_images_to_logits(name, dataset, size):
     spec = get_spec(dataset)
@@ -22,7 +23,7 @@ def test_models_map_images_to_logits(name, dataset, size):
 
 
 def test_registry_names():
-    assert set(model_names()) == {"resnet18", "resnet50", "resnet101", "convnet", "vit_tiny"}
+    assert set(model_names()) == {"resnet18", "resnet50", "resnet101", "convnet", "convnet_in", "vit_tiny"}
 
 
 def test_small_and_imagenet_stems():
@@ -70,3 +71,64 @@ def test_convnet_options_and_errors():
         create_model("convnet", num_classes=4, dataset="cifar10", norm="layer")
     with pytest.raises(UserError, match="unknown model 'resnet19'"):
         create_model("resnet19", num_classes=4, dataset="cifar10")
+
+
+def test_convnet_in_is_dms_convnet():
+    torch.manual_seed(0)
+    model = create_model("convnet_in", num_classes=10, dataset="cifar10")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(convs) == 3 and all(c.out_channels == 128 for c in convs)
+    assert len(norms) == 3 and all(n.num_groups == n.num_channels == 128 and n.affine for n in norms)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.MaxPool2d)) for m in model.modules())
+    assert sum(isinstance(m, nn.AvgPool2d) for m in model.modules()) == 3
+    x = torch.randn(4, 3, 32, 32)
+    logits, feats = forward_with_features(model, x)
+    assert logits.shape == (4, 10) and feats.shape == (4, 2048)
+    assert torch.equal(penultimate_features(model, x), feats)
+    assert parse_model_kwargs("convnet_in", ["depth=2", "width=64"]) == {"depth": 2, "width": 64}
+    small = create_model("convnet_in", num_classes=10, dataset="cifar10", depth=2, width=64)
+    assert penultimate_features(small, x).shape == (4, 64 * 8 * 8)
+    assert len([m for m in create_model("convnet_in", num_classes=10, dataset="tiny-imagenet").modules()
+                if isinstance(m, nn.GroupNorm)]) == 4
+    with pytest.raises(UserError, match="convnet_in takes depth=<int>, width=<int>"):
+        parse_model_kwargs("convnet_in", ["norm=batch"])
+    with pytest.raises(UserError, match="model 'convnet_in' takes no option 'norm'"):
+        create_model("convnet_in", num_classes=10, dataset="cifar10", norm="batch")
+
+
+def test_block_outputs_of_convnet_in():
+    torch.manual_seed(0)
+    model = create_model("convnet_in", num_classes=10, dataset="cifar10")
+    x = torch.randn(5, 3, 32, 32, requires_grad=True)
+    post, emb = block_outputs(model, x)
+    pre, emb_pre = block_outputs(model, x, where="pre_norm")
+    assert [tuple(m.shape) for m in post] == [tuple(m.shape) for m in pre] == \
+        [(5, 128, 32, 32), (5, 128, 16, 16), (5, 128, 8, 8)]
+    with torch.no_grad():
+        assert torch.allclose(emb, penultimate_features(model, x), atol=1e-6) and torch.equal(emb, emb_pre)
+        assert torch.allclose(model.classifier(emb), model(x), atol=1e-5)
+        # direct recomputation: conv output, then the norm, ReLU, pool of each block
+        h = x
+        for k in range(3):
+            conv, norm, _, pool = model.features[4 * k:4 * k + 4]
+            assert torch.allclose(pre[k], conv(h), atol=1e-5)
+            assert torch.allclose(post[k], norm(pre[k]), atol=1e-5)
+            h = pool(torch.relu(post[k]))
+    for k in range(3):
+        assert not torch.allclose(pre[k], post[k], atol=1e-2)
+        # instance norm at init (weight 1, bias 0): per-image channel moments 0 and 1 (pre-norm: not)
+        mean, var = post[k].mean(dim=(2, 3)), post[k].var(dim=(2, 3), unbiased=False)
+        assert mean.abs().max() < 1e-4 and (var - 1).abs().max() < 1e-2
+        assert pre[k].mean(dim=(2, 3)).abs().max() > 1e-2
+        assert (post[k] < 0).any()  # recorded before the ReLU
+    sum(m.square().mean() for m in post).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_block_outputs_errors():
+    with pytest.raises(UserError, match="needs a ConvNet"):
+        block_outputs(create_model("resnet18", num_classes=10, dataset="cifar10"), torch.randn(1, 3, 32, 32))
+    with pytest.raises(UserError, match="post_norm or pre_norm, got 'post_relu'"):
+        block_outputs(create_model("convnet_in", num_classes=10, dataset="cifar10"), torch.randn(1, 3, 32, 32),
+                      where="post_relu")
