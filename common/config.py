@@ -4,6 +4,16 @@ A YAML preset is either flat (``key: value`` for one stage) or has one section
 per stage (``pretrain:``, ``recover:``, ``relabel:``, ``train:``); a stage reads
 its own section. Keys may use ``-`` or ``_``. An unknown key is an error naming
 the file and the key.
+
+A stage whose settings depend on a choice (recover's ``--method``) may hold one
+sub-section per choice inside its section::
+
+    recover:
+      batch_size: 100          # every method
+      wmdd: {lr: 0.25, r_bn: 0.01}
+      dm: {lr: 1.0, iterations: 20000}
+
+The sub-section of the chosen value overrides the section's plain keys.
 """
 
 from __future__ import annotations
@@ -63,29 +73,56 @@ def load_yaml_section(path: str | Path, stage: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str) -> dict:
+def _choices(parser: argparse.ArgumentParser, dest: str | None) -> list[str]:
+    """The ``choices`` of the option stored in ``dest`` (empty when there is none)."""
+    for action in parser._actions:
+        if dest is not None and action.dest == dest:
+            return [str(c).replace("-", "_") for c in action.choices or []]
+    return []
+
+
+def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str,
+                    variant: str | None = None, chosen: str | None = None) -> dict:
     """The settings for ``stage`` in the YAML file ``path``, checked against ``parser``.
+
+    Args:
+        variant: ``dest`` of the option whose choices may have sub-sections
+            (recover: ``"method"``); ``None`` for none.
+        chosen: the value of that option for this run; its sub-section's keys
+            override the plain keys. Every sub-section is checked either way.
 
     Returns:
         ``{dest: value}`` ready for ``parser.set_defaults``.
 
     Raises:
-        UserError: as :func:`load_yaml_section`, or the YAML names a setting the
-            parser does not know.
+        UserError: as :func:`load_yaml_section`, the YAML names a setting the
+            parser does not know, or a sub-section is not a mapping.
     """
     settings = load_yaml_section(path, stage)
     known = {a.dest for a in parser._actions}
-    for key in settings:
-        if key not in known or key == "config":
-            raise UserError(f"{path}: unknown {stage} setting {key!r}; "
-                            f"see `python -m {stage} --help` for the valid options")
+    sections = {}
+    for key in list(settings):
+        if key in _choices(parser, variant):
+            sections[key] = settings.pop(key) or {}
+            if not isinstance(sections[key], dict):
+                raise UserError(f"{path}: {stage} sub-section {key!r} must be a mapping of settings")
+    for where, items in [(stage, settings)] + [(f"{stage}.{k}", v) for k, v in sections.items()]:
+        for key in items:
+            if str(key).replace("-", "_") not in known or key == "config":
+                raise UserError(f"{path}: unknown {where} setting {key!r}; "
+                                f"see `python -m {stage} --help` for the valid options")
+    if chosen is not None:
+        settings.update({str(k).replace("-", "_"): v
+                         for k, v in sections.get(str(chosen).replace("-", "_"), {}).items()})
     return settings
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str) -> argparse.Namespace:
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str,
+                      variant: str | None = None) -> argparse.Namespace:
     """Parse ``argv`` with defaults overridden by ``--config FILE.yaml`` when given.
 
-    The parser must define ``--config``. Precedence: command line > YAML > the
+    The parser must define ``--config``. Precedence: command line > the YAML
+    sub-section of the chosen ``variant`` value > the YAML section > the
     parser's defaults.
 
     Raises:
@@ -93,7 +130,10 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     """
     pre, _ = parser.parse_known_args(argv)
     if getattr(pre, "config", None):
-        parser.set_defaults(**config_defaults(parser, pre.config, stage))
+        plain = config_defaults(parser, pre.config, stage, variant)
+        parser.set_defaults(**plain)
+        chosen = getattr(parser.parse_known_args(argv)[0], variant) if variant else None
+        parser.set_defaults(**config_defaults(parser, pre.config, stage, variant, chosen))
     return parser.parse_args(argv)
 
 

@@ -31,13 +31,28 @@ def train_transform(spec: DatasetSpec, size: int) -> v2.Compose:
     return v2.Compose(ops + [to_normalized_tensor(spec)])
 
 
+def _eval_geometry(spec: DatasetSpec, size: int) -> list:
+    if spec.image_size <= SMALL_STEM_MAX_SIZE:
+        return [v2.Resize((size, size), antialias=True)]
+    return [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
+
+
 def eval_transform(spec: DatasetSpec, size: int) -> v2.Compose:
     """Deterministic evaluation transform producing ``[3, size, size]`` float32 tensors."""
-    if spec.image_size <= SMALL_STEM_MAX_SIZE:
-        ops = [v2.Resize((size, size), antialias=True)]
-    else:
-        ops = [v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose(ops + [to_normalized_tensor(spec)])
+    return v2.Compose(_eval_geometry(spec, size) + [to_normalized_tensor(spec)])
+
+
+def eval_pixels_transform(spec: DatasetSpec, size: int) -> v2.Compose:
+    """:func:`eval_transform` without the normalisation: ``[3, size, size]`` uint8
+    tensors (a quarter of the memory; :func:`normalize` finishes the job)."""
+    return v2.Compose(_eval_geometry(spec, size) + [v2.ToImage()])
+
+
+def normalize(pixels: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """uint8 pixels ``[..., 3, H, W]`` -> float32 normalised by the spec's mean/std
+    (the same values :func:`to_normalized_tensor` gives)."""
+    return v2.functional.normalize(v2.functional.to_dtype(pixels, torch.float32, scale=True),
+                                   list(spec.mean), list(spec.std))
 
 
 def pixel_bounds(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:

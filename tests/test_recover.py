@@ -21,7 +21,7 @@ from common.training import derive_seed
 from common.transforms import eval_transform, to_normalized_tensor
 from models import penultimate_features
 from models.teacher import load_teacher
-from recover.__main__ import class_batches
+from recover.batches import class_batches
 from tests.conftest import REPO, run_module, torchrun
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

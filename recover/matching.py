@@ -1,0 +1,109 @@
+"""Distribution-matching losses of the DM family as small pure functions.
+
+* DM (Zhao & Bilen, WACV 2023, Eq. 4): squared distance between the mean
+  embeddings of a class's real and synthetic images.
+* Decomposed DM (Malakshan et al., WACV 2025): style matching on the feature
+  maps of every network block, moments matching (MM: per-channel spatial mean
+  and standard deviation) and correlation matching (CM: channel Gram matrices
+  ``F F^T / (C H W)``), both batch-averaged per class; and intra-class
+  diversity (ICD) among a class's synthetic embeddings.
+
+Every function takes one class's tensors; the recover methods sum over classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_embedding_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+    """``|| mean_i real_i - mean_j syn_j ||_2^2`` (DM Eq. 4) for one class.
+
+    Args:
+        real: ``[n_r, D]`` embeddings of the real batch (usually detached).
+        syn: ``[n_s, D]`` embeddings of the synthetic images.
+
+    Returns:
+        Scalar float32.
+    """
+    return (real.float().mean(dim=0) - syn.float().mean(dim=0)).square().sum()
+
+
+def channel_moments(maps: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel spatial mean and standard deviation of feature maps
+    ``[N, C, H, W]`` -> ``(mean [N, C], std [N, C])`` float32; ``std = sqrt(var + eps)``
+    with the biased variance over the ``H W`` positions."""
+    flat = maps.float().flatten(2)
+    var, mean = torch.var_mean(flat, dim=2, unbiased=False)
+    return mean, (var + eps).sqrt()
+
+
+def class_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch averages of :func:`channel_moments`: ``[N, C, H, W]`` -> ``([C], [C])``."""
+    mean, std = channel_moments(maps)
+    return mean.mean(dim=0), std.mean(dim=0)
+
+
+def class_gram(maps: torch.Tensor) -> torch.Tensor:
+    """Batch-averaged channel Gram matrix ``mean_i F_i F_i^T / (C H W)`` of
+    ``[N, C, H, W]`` feature maps (``F_i`` = image i's map as ``[C, H W]``) ->
+    ``[C, C]`` float32, computed as one ``[C, N H W]`` product."""
+    n, c, h, w = maps.shape
+    flat = maps.float().transpose(0, 1).reshape(c, n * h * w)
+    return flat @ flat.T / (n * c * h * w)
+
+
+def moments_loss(real: list[tuple[torch.Tensor, torch.Tensor]], syn: list[torch.Tensor]) -> torch.Tensor:
+    """L_MM of one class: mean over blocks of ``||m_r - m_s||^2 + ||s_r - s_s||^2`` where
+    ``(m, s)`` are :func:`class_moments` (real: precomputed ``([C], [C])`` per block;
+    syn: the feature maps ``[n_s, C, H, W]`` per block). Scalar float32."""
+    total = torch.zeros((), device=syn[0].device)
+    for (m_r, s_r), maps in zip(real, syn):
+        m_s, s_s = class_moments(maps)
+        total = total + (m_r - m_s).square().sum() + (s_r - s_s).square().sum()
+    return total / len(syn)
+
+
+def correlation_loss(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
+    """L_CM of one class: mean over blocks of ``||G_r - G_s||_F^2`` with
+    :func:`class_gram` (real: precomputed ``[C, C]`` per block; syn: feature maps
+    ``[n_s, C, H, W]`` per block). Scalar float32."""
+    total = torch.zeros((), device=syn[0].device)
+    for g_r, maps in zip(real, syn):
+        total = total + (g_r - class_gram(maps)).square().sum()
+    return total / len(syn)
+
+
+def icd_neighbours(ipc: int) -> int:
+    """DDM's neighbourhood size ``k = round(0.2 IPC)``, at least 1 (0 when IPC is 1)."""
+    return 0 if ipc < 2 else max(1, round(0.2 * ipc))
+
+
+def icd_loss(syn: torch.Tensor, k: int) -> torch.Tensor:
+    """L_ICD of one class: ``-mean_i KL(softmax(e_i) || softmax(mean_{j in N_k(i)} e_j))``
+    where ``N_k(i)`` are the ``k`` nearest other synthetic embeddings of the class
+    (Euclidean distance, chosen without gradient). Minimising it pushes each image
+    away from its neighbours (DDM's intra-class diversity).
+
+    Args:
+        syn: ``[n, D]`` synthetic embeddings of one class.
+        k: neighbours per image, ``1 <= k < n``.
+
+    Returns:
+        Scalar float32 (<= 0).
+
+    Raises:
+        ValueError: ``k`` outside ``[1, n)``.
+    """
+    n = syn.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"ICD needs 1 <= k < n, got k={k} for n={n}")
+    syn = syn.float()
+    with torch.no_grad():
+        dist = torch.cdist(syn, syn)
+        dist.fill_diagonal_(float("inf"))
+        nearest = dist.topk(k, dim=1, largest=False).indices
+    centre = syn[nearest].mean(dim=1)
+    kl = F.kl_div(F.log_softmax(centre, dim=1), F.log_softmax(syn, dim=1), log_target=True, reduction="none")
+    return -kl.sum(dim=1).mean()

@@ -1,0 +1,11 @@
+"""Recover methods, one module each, registered by name (see :mod:`recover.methods.registry`).
+
+Importing this package registers every shipped method.
+"""
+
+from recover.methods import ddm, dm, random_real, sre2l, wmdd
+from recover.methods.registry import (NEEDS, Optimisation, RecoverMethod, Resources, add_method_arguments,
+                                      get_method, method_names, register_method, resolve_method_args)
+
+__all__ = ["NEEDS", "Optimisation", "RecoverMethod", "Resources", "add_method_arguments", "get_method",
+           "method_names", "register_method", "resolve_method_args", "ddm", "dm", "random_real", "sre2l", "wmdd"]

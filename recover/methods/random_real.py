@@ -1,0 +1,28 @@
+"""The random-real baseline: IPC seeded real images per class, copied unchanged."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.errors import UserError
+from recover.methods.registry import RecoverMethod, register_method
+
+
+@register_method
+class RandomReal(RecoverMethod):
+    """``--method random-real``: the seeded choice of IPC real train images per class
+    that ``--init real`` (and DM's initialisation) starts from; no optimisation and
+    no teacher. Every results table puts it beside the distilled sets."""
+
+    name = "random-real"
+    summary = "IPC seeded real images per class, unchanged (the baseline)"
+    defaults = {"init": "real"}
+    optimizes = False
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        if args.init != "real":
+            raise UserError(f"--method random-real copies real images; --init {args.init} does not apply, drop it")
+
+    def batch_objective(self, classes: list[int], batch: int) -> None:
+        return None

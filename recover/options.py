@@ -1,0 +1,72 @@
+"""The recover stage's command line: shared options, every registered method's
+options, and their resolution (command line > YAML method sub-section > YAML
+section > the method's defaults)."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.config import stage_parser
+from common.datasets import dataset_names
+from common.errors import UserError
+from recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
+from recover.methods.registry import RecoverMethod
+
+DESCRIPTION = "python -m recover: synthesise IPC images per class with a registered method."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m recover`` parser. Options that depend on the method default to
+    ``None`` here; :func:`resolve_args` fills the method's value."""
+    p = stage_parser("recover", DESCRIPTION, workers_help="DataLoader workers for the feature pass / real images")
+    p.epilog = "methods: " + "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
+    p.add_argument("--method", default="wmdd", choices=method_names(), help="synthesis method")
+    p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt); required by wmdd and sre2l, "
+                                     "optional for the others (then only its classes and input size are used)")
+    p.add_argument("--data-path", help="real dataset root (train/ is used for features and real images)")
+    p.add_argument("--dataset", help=f"dataset spec when there is no --teacher ({', '.join(dataset_names())})")
+    p.add_argument("--input-size", type=int, help="image side in pixels when there is no --teacher "
+                                                  "(default: the dataset's)")
+    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="images per optimisation batch (batch-size // ipc classes per batch)")
+    p.add_argument("--iterations", "--iteration", dest="iterations", type=int,
+                   help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000]")
+    p.add_argument("--lr", type=float, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
+                                            "dm, ddm 1.0 (SGD)]")
+    p.add_argument("--init", choices=["noise", "real"],
+                   help="N(0,1) noise in normalised space, or seeded real images of the class "
+                        "[wmdd, sre2l noise; dm, ddm, random-real real]")
+    p.add_argument("--train-per-class", type=int, help="use a seeded choice of N real images per class")
+    p.add_argument("--log-every", type=int, default=50, help="iterations between loss records")
+    add_method_arguments(p)
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> type[RecoverMethod]:
+    """Fill the method's settings into the options left unset and check values.
+
+    Returns:
+        The method class.
+
+    Raises:
+        UserError: a required option is missing, a value is out of range, or an
+            option of another method was given.
+    """
+    for name in ("data_path", "output_dir"):
+        if not getattr(args, name):
+            raise UserError(f"--{name.replace('_', '-')} is required")
+    cls = resolve_method_args(args)
+    if "teacher" in cls.needs(args) and not args.teacher:
+        raise UserError(f"--method {cls.name} needs --teacher (a pretrain output directory)")
+    if not args.teacher and not args.dataset:
+        raise UserError(f"--method {cls.name} without --teacher needs --dataset ({', '.join(dataset_names())})")
+    checked = ["ipc", "batch_size", "log_every"] + (["iterations"] if cls.optimizes else [])
+    for name in checked:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if cls.optimizes and not args.lr > 0:
+        raise UserError(f"--lr {args.lr}: the learning rate must be > 0")
+    if args.input_size is not None and args.input_size < 1:
+        raise UserError(f"--input-size {args.input_size}: must be >= 1 pixel")
+    return cls
