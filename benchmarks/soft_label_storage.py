@@ -3,9 +3,10 @@
 For 10, 100, 200 and 1000 classes it writes one epoch of N images in batches
 of B, both ways, and measures the files on disk:
 
-* ours: one ``epoch_<e>.pt`` per epoch as relabel writes it (the view plan plus
-  the teacher's top-k logits in fp16 with int16 indices; all logits, no
-  indices, when k >= classes);
+* ours: one ``epoch_<e>.pt`` per epoch, written by relabel's writer
+  (:func:`common.soft_labels.write_epoch`: the view plan plus the teacher's
+  top-k logits in fp16 with int16 indices; all logits, no indices, when
+  k >= classes);
 * FKD (SRe2L/WMDD's relabel): one ``batch_<i>.tar`` per batch holding
   ``[crop coords (float64 [B, 4]), flip status (bool [B]), mix index (int64 [B]),
   mix lambda, mix box, full fp16 logits [B, K]]``.
@@ -21,22 +22,16 @@ from pathlib import Path
 
 import torch
 
+from common.soft_labels import write_epoch
 from common.views import ViewSettings, plan_epoch
 
 
 def ours_bytes(folder: Path, n: int, batch: int, classes: int, top_k: int) -> int:
-    """Bytes of one of our epoch files (random logits; the size does not depend on the values)."""
+    """Bytes of one of our epoch files, written by relabel's writer (random logits; the
+    size does not depend on the values)."""
     plan = plan_epoch([(224, 224)] * n, ViewSettings(batch_size=batch, input_size=224), seed=0, epoch=0)
     logits = torch.randn(n, classes)
-    k = min(top_k, classes)
-    record = plan.to_tensors()
-    if k < classes:
-        top = logits.topk(k, dim=1)
-        record.update(values=top.values.half(), indices=top.indices.to(torch.int16))
-    else:
-        record["values"] = logits.half()
-    path = folder / f"ours_{classes}_{k}.pt"
-    torch.save(record, path)
+    path = write_epoch(folder / f"ours_{classes}_{top_k}", 0, plan, logits.split(batch), top_k)
     return path.stat().st_size
 
 

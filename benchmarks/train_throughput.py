@@ -2,7 +2,7 @@
 
 Distilled set: a seeded real CIFAR-10 subset (IPC images per class) with soft
 labels recorded by ``python -m relabel`` from a teacher (a freshly initialised
-ResNet-18 unless ``--teacher``). The train loop is :func:`train.__main__.train_epoch`
+ResNet-18 unless ``--teacher``). The train loop is :func:`train.student.train_epoch`
 fed by the stage's DataLoader (``--workers`` processes rebuilding the recorded
 crops, flips and CutMix from the PNG/JPEG files, soft-label lookup, sample
 weights); the bare loop replays the same views and targets already in memory
@@ -27,8 +27,8 @@ from common.datasets import get_spec
 from common.distributed import DistContext
 from models import create_model
 from models.teacher import save_teacher
-from train.__main__ import StudentRun, build_parser, train_epoch
 from train.losses import kd_loss
+from train.student import StudentRun, build_parser, train_epoch
 
 
 def main() -> None:

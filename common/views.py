@@ -57,6 +57,20 @@ class ViewSettings:
     mix_type: str = "cutmix"
     mix_alpha: float = 1.0
 
+    @classmethod
+    def from_relabel_args(cls, args) -> "ViewSettings":
+        """The checked settings of relabel's options: ``args.batch_size``,
+        ``args.input_size`` (pixels, already resolved), ``args.min_scale_crops``,
+        ``args.max_scale_crops``, ``args.mix_type`` and ``args.mix_alpha``.
+
+        Raises:
+            UserError: out-of-range settings (:meth:`check`).
+        """
+        settings = cls(batch_size=args.batch_size, input_size=args.input_size, min_scale=args.min_scale_crops,
+                       max_scale=args.max_scale_crops, mix_type=args.mix_type, mix_alpha=args.mix_alpha)
+        settings.check()
+        return settings
+
     def check(self) -> None:
         """Raises :class:`UserError` on out-of-range settings."""
         if self.batch_size < 1 or self.input_size < 1:

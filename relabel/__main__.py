@@ -1,11 +1,9 @@
 """``python -m relabel``: record the student's views and the teacher's soft labels.
 
 For each epoch ``e < --epochs`` it writes ``OUT/soft_labels/epoch_<e>.pt``
-(named tensors: the :class:`common.views.EpochPlan` plus ``values`` = the
-teacher's top-k logits in fp16, ``[N, k]`` in position order, and ``indices``
-= their class indices, int16/int32; with k >= classes all logits are stored in
-class order and there is no ``indices``), ``OUT/soft_labels/meta.json`` and,
-last, ``OUT/manifest.json``. A killed run re-run with the same command
+(the epoch's view plan and the teacher's top-k fp16 logits on those views),
+``OUT/soft_labels/meta.json`` (format: :mod:`common.soft_labels`) and, last,
+``OUT/manifest.json``. A killed run re-run with the same command
 continues from the first missing epoch; ``torchrun`` shards epochs over ranks.
 """
 
@@ -13,23 +11,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config, stage_parser
 from common.data import image_folder
 from common.distributed import setup
 from common.errors import UserError
-from common.io import atomic_torch_save, atomic_write_json, read_json, sha256_files
+from common.io import sha256_files
 from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from common.soft_labels import SOFT_LABELS, build_meta, epoch_path, label_bytes_per_view, write_epoch, write_meta
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models.teacher import check_classes, load_teacher
 
 log = logging.getLogger("wmdd.relabel")
 RESUME_IGNORES = ("workers", "device", "config")
-SOFT_LABELS = "soft_labels"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,14 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def view_settings(args) -> ViewSettings:
-    """The :class:`ViewSettings` of relabel arguments (after ``input_size`` is resolved)."""
-    settings = ViewSettings(batch_size=args.batch_size, input_size=args.input_size, min_scale=args.min_scale_crops,
-                            max_scale=args.max_scale_crops, mix_type=args.mix_type, mix_alpha=args.mix_alpha)
-    settings.check()
-    return settings
-
-
 def list_images(images_dir: str | Path) -> tuple[list[str], list[int], list[str]]:
     """``(relative paths, labels, classes)`` of an ImageFolder of distilled images, sorted.
 
@@ -71,8 +63,14 @@ def list_images(images_dir: str | Path) -> tuple[list[str], list[int], list[str]
     return rel, [t for _, t in ds.samples], ds.classes
 
 
-def epoch_file(out: Path, epoch: int) -> Path:
-    return out / SOFT_LABELS / f"epoch_{epoch:04d}.pt"
+def teacher_logits(teacher: nn.Module, items: Iterable[dict], device: torch.device, amp: bool
+                   ) -> Iterator[torch.Tensor]:
+    """The teacher's logits ``[B, C]`` on ``device`` (float32; bfloat16 with ``amp``) of
+    each item's ``views`` ``[B, 3, S, S]``, in order."""
+    for item in items:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = teacher(item["views"].to(device))
+        yield logits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,61 +84,40 @@ def main(argv: list[str] | None = None) -> int:
     ctx = setup(args.device)
     teacher = load_teacher(args.teacher, ctx.device)
     args.input_size = args.input_size or teacher.input_size
-    settings = view_settings(args)
+    settings = ViewSettings.from_relabel_args(args)
     run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "relabel", run_args):
         return 0
     rel, labels, classes = list_images(args.images)
     check_classes(teacher, classes, str(args.images))
     images_dir = Path(args.images)
-    k = min(args.top_k, len(classes))
-    meta = {"seed": args.seed, "batch_size": args.batch_size, "epochs": args.epochs, "input_size": args.input_size,
-            "min_scale_crops": args.min_scale_crops, "max_scale_crops": args.max_scale_crops,
-            "mix_type": args.mix_type, "mix_alpha": args.mix_alpha, "top_k": k, "num_classes": len(classes),
-            "classes": classes, "dataset": teacher.spec.to_dict(),
-            "teacher": {"path": str(teacher.path.resolve()), "sha256": teacher.sha256, "model": teacher.name},
-            "images": {"root": str(images_dir.resolve()), "sha256": sha256_files(images_dir, rel),
-                       "files": rel, "labels": labels}}
+    meta = build_meta(seed=args.seed, settings=settings, epochs=args.epochs, top_k=args.top_k, classes=classes,
+                      dataset=teacher.spec.to_dict(), teacher_path=teacher.path, teacher_sha256=teacher.sha256,
+                      teacher_model=teacher.name, images_root=images_dir,
+                      images_sha256=sha256_files(images_dir, rel), files=rel, labels=labels)
+    k = meta["top_k"]
     if ctx.is_main:
         record_run_args(out, "relabel", run_args)
-        meta_path = out / SOFT_LABELS / "meta.json"
-        if meta_path.exists() and read_json(meta_path, "soft-label meta") != meta:
-            raise UserError(f"{meta_path}: the images or the teacher changed since this run started; "
-                            "use another --output-dir")
-        atomic_write_json(meta_path, meta)
+        write_meta(out, meta)
         save_resolved_config(args, out / "config.yaml")
     ctx.barrier()
 
     paths = [images_dir / r for r in rel]
     sizes = image_sizes(paths)
-    todo = [e for e in ctx.shard(args.epochs) if not epoch_file(out, e).exists()]
+    todo = [e for e in ctx.shard(args.epochs) if not epoch_path(out, e).exists()]
     log.info("%d images, %d classes, %d epochs (%d to do on this rank), batch %d, %d px, top-%d, %s",
              len(rel), len(classes), args.epochs, len(todo), args.batch_size, args.input_size, k, args.mix_type)
     dataset = PlannedBatches(paths, DrawnEpochs(sizes, settings, args.seed), teacher.spec, settings)
     with torch.no_grad():
         for e, items in progress(planned_loader(dataset, todo, args.workers), "relabel epochs", ctx.is_main,
                                  total=len(todo)):
-            values, indices = [], []
-            for item in items:
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    logits = teacher.model(item["views"].to(ctx.device))
-                logits = logits.float()
-                if k < len(classes):
-                    top = logits.topk(k, dim=1)
-                    values.append(top.values.half().cpu())
-                    indices.append(top.indices.cpu())
-                else:
-                    values.append(logits.half().cpu())
-            record = {**dataset.plan(e)[0].to_tensors(), "values": torch.cat(values)}
-            if indices:
-                record["indices"] = torch.cat(indices).to(torch.int16 if len(classes) <= 2 ** 15 else torch.int32)
-            atomic_torch_save(record, epoch_file(out, e))
+            write_epoch(out, e, dataset.plan(e)[0], teacher_logits(teacher.model, items, ctx.device, args.amp), k)
     ctx.barrier()
     if ctx.is_main:
-        files = [epoch_file(out, e) for e in range(args.epochs)]
+        files = [epoch_path(out, e) for e in range(args.epochs)]
         total = sum(f.stat().st_size for f in files)
         per = total / (len(rel) * args.epochs)
-        label_bytes = k * (2 if k == len(classes) else 4)
+        label_bytes = label_bytes_per_view(k, len(classes))
         log.info("wrote %d bytes of soft labels: %.1f bytes per image-epoch (%d of them logits%s)", total, per,
                  label_bytes, "" if k == len(classes) else " and indices")
         write_manifest(out, stage="relabel", args=run_args, outputs=[SOFT_LABELS], dataset=teacher.spec.to_dict(),

@@ -20,13 +20,12 @@ from torchvision.transforms.v2 import functional as F
 
 from common.datasets import DatasetSpec
 from common.errors import UserError
-from common.views import DrawnEpochs, EpochPlan, PlannedBatches, image_sizes, plan_epoch
+from common.soft_labels import SoftLabels, dense_logits
+from common.views import DrawnEpochs, EpochPlan, PlannedBatches, ViewSettings, image_sizes, plan_epoch
 from models.teacher import load_teacher
-from relabel.__main__ import view_settings
 from tests.conftest import REPO, run_module, torchrun
 from train.data import load_image_set
-from train.losses import dense_logits, kd_loss, mixed_cross_entropy
-from train.soft_labels import SoftLabels
+from train.losses import kd_loss, mixed_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +249,7 @@ def test_view_settings_and_plan_round_trip(relabelled):
     class Args:
         batch_size, input_size, min_scale_crops, max_scale_crops, mix_type, mix_alpha = 10, 32, 0.5, 0.2, "cutmix", 1.0
     with pytest.raises(UserError, match="crop scales"):
-        view_settings(Args)
+        ViewSettings.from_relabel_args(Args)
     plan = plan_epoch([(32, 32)] * 7, SoftLabels(relabelled).settings, 0, 0)
     back = EpochPlan.from_tensors(plan.to_tensors())
     assert back.num_batches == 1 and torch.equal(back.boxes, plan.boxes) and torch.equal(back.partner, plan.partner)

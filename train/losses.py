@@ -7,20 +7,6 @@ import torch
 import torch.nn.functional as F
 
 
-def dense_logits(values: torch.Tensor, indices: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    """Top-k logits -> ``[B, num_classes]`` float32 with every other class at ``-inf``.
-
-    Args:
-        values: ``[B, k]`` logits (any float dtype; fp16 as stored).
-        indices: ``[B, k]`` class indices, or ``None`` when ``values`` already
-            holds all classes in class order.
-    """
-    if indices is None:
-        return values.float()
-    out = torch.full((values.shape[0], num_classes), float("-inf"), dtype=torch.float32, device=values.device)
-    return out.scatter_(1, indices.long(), values.float())
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
             weights: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_i w_i * KL(softmax(z_t,i / T) || softmax(z_s,i / T)) * T^2``.
@@ -28,7 +14,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     Args:
         student_logits: ``[B, K]``.
         teacher_logits: ``[B, K]``; ``-inf`` entries (classes outside the stored
-            top-k) get probability 0 and contribute nothing.
+            top-k, see :func:`common.soft_labels.dense_logits`) get probability 0
+            and contribute nothing.
         temperature: T.
         weights: ``[B]`` per-image weights, or ``None`` for 1.
 
