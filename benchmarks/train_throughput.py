@@ -22,7 +22,7 @@ import time
 import torch
 
 from benchmarks.data import CACHE, REPO, cached_dataset
-from common.data import split_dir
+from common.data import list_classes, split_dir
 from common.datasets import get_spec
 from common.distributed import DistContext
 from models import create_model
@@ -51,7 +51,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = create_model("resnet18", num_classes=10, dataset=spec)
             save_teacher(teacher / "teacher.pt", model=model, name="resnet18", kwargs={},
-                         classes=sorted(p.name for p in split_dir(root, "train").iterdir()), spec=spec,
+                         classes=list_classes(split_dir(root, "train")), spec=spec,
                          input_size=32, bn_stats=None, args={}, val=None)
     images = split_dir(root, "train")
     labels = work / "relabel"

@@ -5,22 +5,40 @@ Class index = position of the class folder in the sorted list of folder names
 ``val`` or ``test``. Scanning is done by :class:`torchvision.datasets.ImageFolder`;
 this module adds clear errors, seeded per-class subsets and the check that
 train and evaluation splits have the same classes.
+
+Hidden entries are never classes or images: a folder or file whose name starts
+with ``.`` (``.ipynb_checkpoints``, ``.thumbnails``, ``.DS_Store``, macOS
+AppleDouble files ``._name.jpg``), in a split or anywhere inside a class folder,
+is skipped through ImageFolder's own hooks (``find_classes``, ``is_valid_file``).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from common.errors import UserError
 
+log = logging.getLogger("wmdd.data")
 EVAL_SPLIT_NAMES = ("val", "test")
+APPLEDOUBLE_PREFIX = "._"
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden (starts with ``.``; ``.`` and ``..`` are not names).
+
+    Hidden names are skipped everywhere classes or images are listed: editor and
+    viewer caches (``.ipynb_checkpoints``, ``.thumbnails``), ``.DS_Store`` and
+    macOS AppleDouble files (``._name.jpg``, metadata, not images).
+    """
+    return name.startswith(".") and name not in (".", "..")
 
 
 def split_dir(root: str | Path, split: str) -> Path:
@@ -44,25 +62,60 @@ def split_dir(root: str | Path, split: str) -> Path:
                     f"train/<class>/* and val/<class>/* (or test/<class>/*)")
 
 
+def class_folders(directory: str | Path) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``directory`` (no other check)."""
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
+
+
+def is_image_file(path: str, split_root: str) -> bool:
+    """Whether ``path``, a file under ``split_root/<class>/`` (given as a string
+    that starts with ``split_root``, as ImageFolder and ``Path.rglob`` give it),
+    counts as an image: an image extension (torchvision's ``IMG_EXTENSIONS``) and
+    no hidden name in its path below ``split_root``."""
+    return (has_file_allowed_extension(path, IMG_EXTENSIONS)
+            and not any(map(is_hidden, path[len(split_root):].split(os.sep))))
+
+
 def list_classes(directory: str | Path) -> list[str]:
-    """Sorted class folder names in ``directory``.
+    """Sorted class folder names in ``directory`` (hidden folders skipped).
 
     Raises:
         UserError: no class folders, or a class folder holds no image.
     """
     directory = Path(directory)
-    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    classes = class_folders(directory)
     if not classes:
         raise UserError(f"{directory}: no class folders; images must be in {directory}/<class_name>/")
     for c in classes:
-        if not any(_is_image(p) for p in (directory / c).rglob("*")):
+        if not any(is_image_file(str(p), str(directory)) and p.is_file() for p in (directory / c).rglob("*")):
             raise UserError(f"{directory / c}: empty class folder (no {'/'.join(IMG_EXTENSIONS)} file); "
                             "add images or remove the folder from every split")
     return classes
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+class ImageFilter:
+    """ImageFolder's ``is_valid_file`` for one split directory: :func:`is_image_file`,
+    counting the macOS AppleDouble files (``._name.jpg``) it rejects in ``appledouble``."""
+
+    def __init__(self, split_root: str | Path):
+        self.split_root = str(split_root)
+        self.appledouble = 0
+
+    def __call__(self, path: str) -> bool:
+        if os.path.basename(path).startswith(APPLEDOUBLE_PREFIX):
+            self.appledouble += 1
+            return False
+        return is_image_file(path, self.split_root)
+
+
+class VisibleImageFolder(ImageFolder):
+    """torchvision's :class:`ImageFolder` whose classes are the non-hidden
+    sub-folders (:func:`class_folders`); pass :class:`ImageFilter` as
+    ``is_valid_file`` to skip hidden files and folders inside the classes too."""
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = class_folders(directory)
+        return classes, {c: i for i, c in enumerate(classes)}
 
 
 def load_image(path: str) -> Image.Image:
@@ -127,8 +180,10 @@ def image_folder(directory: str | Path, transform=None, classes: list[str] | Non
         seed: seed of that choice.
 
     Returns:
-        The dataset; ``dataset.classes`` is the sorted class list and unreadable
-        images raise :class:`UserError` naming the file when loaded.
+        The dataset; ``dataset.classes`` is the sorted list of non-hidden class
+        folders, hidden files and folders are not samples (one log line counts
+        the skipped AppleDouble files) and unreadable images raise
+        :class:`UserError` naming the file when loaded.
 
     Raises:
         UserError: empty class folder, class folders different from
@@ -142,7 +197,11 @@ def image_folder(directory: str | Path, transform=None, classes: list[str] | Non
         raise UserError(f"{directory}: class folders differ from the training classes "
                         f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}); "
                         "every split must have the same class folders")
-    ds = ImageFolder(str(directory), transform=transform, loader=load_image)
+    keep = ImageFilter(directory)
+    ds = VisibleImageFolder(str(directory), transform=transform, loader=load_image, is_valid_file=keep)
+    if keep.appledouble:
+        log.info("%s: skipped %d macOS AppleDouble file(s) (._name, metadata, not images)", directory,
+                 keep.appledouble)
     ds.samples = select_per_class(ds.samples, per_class, seed, where=str(directory))
     ds.imgs = ds.samples
     ds.targets = [t for _, t in ds.samples]

@@ -1,10 +1,15 @@
 """Image transforms (torchvision transforms v2) for training and evaluation.
 
-Small images (native side <= 64 px: CIFAR, digits, Tiny-ImageNet) train with a
-padded random crop and a flip; larger ones with a random-resized crop (scale
-0.08-1) and a flip, as in torchvision's ImageNet reference. Evaluation resizes
-small images to the input size and applies resize (input * 256/224) + centre
-crop to large ones.
+Small images (native side <= 64 px: CIFAR, digits, Tiny-ImageNet) are first
+resized to the input size (``size x size``; a no-op, bit for bit, for an image
+already at that size), then train with a padded random crop and a flip;
+larger ones train with a random-resized crop (scale 0.08-1) and a flip, as in
+torchvision's ImageNet reference. Evaluation resizes small images to the input
+size and applies resize (input * 256/224) + centre crop to large ones. Every
+transform therefore yields ``[3, size, size]`` from an image of any size (a
+24 px image in a 32 px dataset, a 300x40 strip), in every stage; the recorded
+views of relabel/train (:mod:`common.views`) are random-resized crops, which
+do the same.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ def to_normalized_tensor(spec: DatasetSpec) -> v2.Compose:
 
 
 def train_transform(spec: DatasetSpec, size: int) -> v2.Compose:
-    """Training augmentation producing ``[3, size, size]`` float32 tensors."""
+    """Training augmentation: PIL image of any size -> float32 ``[3, size, size]`` (normalised)."""
     if spec.image_size <= SMALL_STEM_MAX_SIZE:
-        ops = [] if size == spec.image_size else [v2.Resize((size, size), antialias=True)]
-        ops += [v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip()]
+        ops = [v2.Resize((size, size), antialias=True), v2.RandomCrop(size, padding=max(1, size // 8)),
+               v2.RandomHorizontalFlip()]
     else:
         ops = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     return v2.Compose(ops + [to_normalized_tensor(spec)])
@@ -38,7 +43,7 @@ def _eval_geometry(spec: DatasetSpec, size: int) -> list:
 
 
 def eval_transform(spec: DatasetSpec, size: int) -> v2.Compose:
-    """Deterministic evaluation transform producing ``[3, size, size]`` float32 tensors."""
+    """Deterministic evaluation transform: PIL image of any size -> float32 ``[3, size, size]`` (normalised)."""
     return v2.Compose(_eval_geometry(spec, size) + [to_normalized_tensor(spec)])
 
 

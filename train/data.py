@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torchvision.datasets import ImageFolder
 
-from common.data import image_folder
+from common.data import image_folder, with_transform
 from common.errors import UserError
 from common.io import sha256_files
 
@@ -92,11 +93,11 @@ def load_sample_weights(csv_path: str | Path, images: ImageSet) -> torch.Tensor:
     return weights
 
 
-def relabelled(train_dir: str | Path, labels: dict[str, int], transform):
-    """The ImageFolder of ``train_dir`` restricted to the images in ``labels``
-    (real path -> label), each with its label from ``labels``."""
+def relabelled(folder: ImageFolder, labels: dict[str, int], transform) -> ImageFolder:
+    """A copy of the train split ``folder`` restricted to the images in ``labels``
+    (real path -> label), each with its label from ``labels``, applying ``transform``."""
 
-    ds = image_folder(train_dir, transform)
+    ds = with_transform(folder, transform)
     ds.samples = [(p, labels[os.path.realpath(p)]) for p, _ in ds.samples if os.path.realpath(p) in labels]
     ds.imgs = ds.samples
     ds.targets = [t for _, t in ds.samples]

@@ -187,7 +187,7 @@ class StudentRun:
                                             num_classes=len(self.classes), allow_unmatched=args.allow_unmatched)
             true = {os.path.realpath(p): t for p, t in folder.samples}
             log.info("pseudo labels %s: %s", args.pseudo_label_csv, summarize(parsed, true, len(self.classes)))
-            self.real = relabelled(args.train_dir, parsed.labels, transform)
+            self.real = relabelled(folder, parsed.labels, transform)
         else:
             self.real = with_transform(folder, transform)
 
