@@ -23,8 +23,9 @@ WMDD flags:
   -u GPUS    GPU index or comma list (several = torchrun --nproc_per_node N)
   -c IPC     images per class                                                [10]
   -p         pretrain the teacher first (otherwise it must exist)
-  -n         per-class BatchNorm statistics (WMDD); without it global statistics
-  -w         Wasserstein-barycenter feature matching (WMDD)
+  -n         per-class BatchNorm statistics (on by default for wmdd; turns it on for sre2l)
+  -w         Wasserstein-barycenter feature matching (on by default for wmdd; turns it on for sre2l)
+             (wmdd without them: --recover-args "--no-wb --no-per-class-bn", as python -m recover)
   -b R_BN    BatchNorm term weight (lambda)                                  [configs/<dataset>.yaml]
   -a LR      recover learning rate                                           [configs/<dataset>.yaml]
   -t R_CE    cross-entropy term weight                                        [method default]
@@ -32,7 +33,12 @@ WMDD flags:
   -z EPOCHS  relabel and train epochs                                        [configs/<dataset>.yaml]
   -g         debug: tiny settings (20 train / 10 val images per class, few iterations and epochs)
 Long options:
-  --method wmdd|sre2l|random-real   recover method [wmdd]; with wmdd, -n and -w switch its terms on
+  --method NAME                     recover method (python -m recover --help lists them:
+                                    wmdd sre2l random-real dm ddm ...) [wmdd]; the same defaults as
+                                    python -m recover --method NAME
+  --protocol fkd|dsa                evaluation: fkd = teacher soft labels (relabel + train) [fkd];
+                                    dsa = the DM family's hard labels + DSA (train --protocol dsa, no
+                                    relabel; no teacher needed for methods without one)
   --device auto|cpu|cuda            [auto]
   --out DIR                         output root [runs]
   --seed N                          seed of recover, relabel and train [0]
@@ -57,17 +63,17 @@ die() {
 
 EXP=exp; TEACHER_ID=t0; DATASET=cifar10; TMODEL=resnet18; SMODEL=resnet18; ROOT=""; GPUS=""; IPC=10
 PRETRAIN=0; PCBN=0; WB=0; RBN=""; RLR=""; RCE=""; ITERS=""; EPOCHS=""; DEBUG=0
-METHOD=wmdd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; BATCH=""; DEMO=0
+SMODEL_GIVEN=""; METHOD=wmdd; PROTOCOL=fkd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; BATCH=""; DEMO=0
 declare -A EXTRA=([pretrain]="" [recover]="" [relabel]="" [train]="")
 
 short=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --method|--device|--out|--seed|--input-size|--teacher-epochs|--batch-size|--pretrain-args|--recover-args|\
+    --method|--protocol|--device|--out|--seed|--input-size|--teacher-epochs|--batch-size|--pretrain-args|--recover-args|\
     --relabel-args|--train-args)
       [[ $# -ge 2 ]] || die "$1 needs a value"
       case "$1" in
-        --method) METHOD="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
+        --method) METHOD="$2" ;; --protocol) PROTOCOL="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
         --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;; --batch-size) BATCH="$2" ;;
         *) name="${1#--}"; EXTRA[${name%-args}]="$2" ;;
       esac
@@ -82,7 +88,7 @@ set -- "${short[@]+"${short[@]}"}"
 while getopts ":x:y:d:m:e:r:u:c:pnwb:a:t:i:z:g" opt; do
   case "$opt" in
     x) EXP="$OPTARG" ;; y) TEACHER_ID="$OPTARG" ;; d) DATASET="$OPTARG" ;; m) TMODEL="$OPTARG" ;;
-    e) SMODEL="$OPTARG" ;; r) ROOT="$OPTARG" ;; u) GPUS="$OPTARG" ;; c) IPC="$OPTARG" ;;
+    e) SMODEL="$OPTARG"; SMODEL_GIVEN=1 ;; r) ROOT="$OPTARG" ;; u) GPUS="$OPTARG" ;; c) IPC="$OPTARG" ;;
     p) PRETRAIN=1 ;; n) PCBN=1 ;; w) WB=1 ;; b) RBN="$OPTARG" ;; a) RLR="$OPTARG" ;; t) RCE="$OPTARG" ;;
     i) ITERS="$OPTARG" ;; z) EPOCHS="$OPTARG" ;; g) DEBUG=1 ;;
     :) die "option -$OPTARG needs a value" ;;
@@ -94,7 +100,7 @@ shift $((OPTIND - 1))
 
 is_int() { [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 ]]; }
 is_num() { [[ "$1" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; }
-case "$METHOD" in wmdd|sre2l|random-real) ;; *) die "--method $METHOD: expected wmdd, sre2l or random-real" ;; esac
+case "$PROTOCOL" in fkd|dsa) ;; *) die "--protocol $PROTOCOL: expected fkd or dsa" ;; esac
 case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device $DEVICE: expected auto, cpu or cuda" ;; esac
 is_int "$IPC" || die "-c $IPC: IPC must be a positive integer"
 is_int "$SEED" || [[ "$SEED" == 0 ]] || die "--seed $SEED: expected a non-negative integer"
@@ -111,6 +117,10 @@ fi
 
 cd "$REPO"
 datasets="$("$PYTHON" -c 'from common.datasets import dataset_names; print(" ".join(dataset_names()))')"
+methods="$("$PYTHON" -c 'from recover.methods import method_names; print(" ".join(method_names()))')"
+[[ " $methods " == *" $METHOD "* ]] || die "--method $METHOD: unknown method (registered: $methods)"
+needs_teacher="$("$PYTHON" -c 'import sys; from recover.methods import get_method
+print(int(get_method(sys.argv[1]).requires_teacher))' "$METHOD")"
 
 if [[ "$DEMO" == 1 ]]; then
   DATASET=digits; TMODEL=convnet; SMODEL=convnet; IPC=10; BATCH="${BATCH:-25}"
@@ -162,34 +172,46 @@ run_experiment() {
   [[ "$DEBUG" == 1 && -z "$TEACHER_EPOCHS" ]] && pre+=(--epochs 2)
   if [[ "$PRETRAIN" == 1 ]]; then
     stage pretrain "${pre[@]}"
-  elif [[ ! -f "$teacher_dir/manifest.json" ]]; then
+  elif [[ ! -f "$teacher_dir/manifest.json" && ( "$PROTOCOL" == fkd || "$needs_teacher" == 1 ) ]]; then
     die "teacher $teacher_dir not found; add -p to pretrain it"
   fi
 
-  local rec=(--teacher "$teacher_dir" --data-path "$DATA" --output-dir "$exp_dir/recover" --method "$method"
+  local rec=(--data-path "$DATA" --output-dir "$exp_dir/recover" --method "$method"
              --ipc "$IPC" --seed "$SEED" --device "$DEVICE" "${CONFIG[@]+"${CONFIG[@]}"}")
+  if [[ -f "$teacher_dir/manifest.json" ]]; then
+    rec+=(--teacher "$teacher_dir")
+  else
+    rec+=(--dataset "$DATASET")
+    [[ -n "$INPUT_SIZE" ]] && rec+=(--input-size "$INPUT_SIZE")
+  fi
   [[ -n "$RBN" ]] && rec+=(--r-bn "$RBN")
   [[ -n "$RLR" ]] && rec+=(--lr "$RLR")
   [[ -n "$RCE" ]] && rec+=(--r-ce "$RCE")
   [[ -n "$ITERS" ]] && rec+=(--iterations "$ITERS")
   [[ "$DEBUG" == 1 && -z "$ITERS" ]] && rec+=(--iterations 20)
   [[ "$DEBUG" == 1 ]] && rec+=(--train-per-class 20)
-  if [[ "$method" == wmdd ]]; then
-    [[ "$wb" == 1 ]] && rec+=(--wb) || rec+=(--no-wb)
-    [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn) || rec+=(--no-per-class-bn)
-  else
-    [[ "$wb" == 1 ]] && rec+=(--wb)
-    [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn)
-  fi
+  [[ "$wb" == 1 ]] && rec+=(--wb)
+  [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn)
   stage recover "${rec[@]}"
 
   local images="$exp_dir/recover/images"
   local count batch="$BATCH"
-  count=$(find "$images" -name '*.png' | wc -l)
-  [[ -n "$batch" ]] || batch=$(( count < 100 ? count : 100 ))
   local epochs=()
   [[ -n "$EPOCHS" ]] && epochs=(--epochs "$EPOCHS")
   [[ "$DEBUG" == 1 && -z "$EPOCHS" ]] && epochs=(--epochs 2)
+  if [[ "$PROTOCOL" == dsa ]]; then
+    local tr=(--protocol dsa --images "$images" --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp_dir/train"
+              --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
+    [[ -n "$SMODEL_GIVEN" ]] && tr+=(--model "$SMODEL")
+    [[ -n "$BATCH" ]] && tr+=(--batch-size "$BATCH")
+    [[ -n "$INPUT_SIZE" ]] && tr+=(--input-size "$INPUT_SIZE")
+    [[ "$DEBUG" == 1 ]] && tr+=(--val-per-class 10 --val-every 1)
+    stage train "${tr[@]}"
+    summarize "$exp" "$exp_dir" "$teacher_dir"
+    return
+  fi
+  count=$(find "$images" -name '*.png' | wc -l)
+  [[ -n "$batch" ]] || batch=$(( count < 100 ? count : 100 ))
   stage relabel --teacher "$teacher_dir" --images "$images" --output-dir "$exp_dir/relabel" --batch-size "$batch" \
     --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}"
   local tr=(--images "$images" --soft-labels "$exp_dir/relabel" --teacher "$teacher_dir" --data-path "$DATA"
@@ -197,11 +219,14 @@ run_experiment() {
             "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
   [[ "$DEBUG" == 1 ]] && tr+=(--val-per-class 10 --val-every 1)
   stage train "${tr[@]}"
+  summarize "$exp" "$exp_dir" "$teacher_dir"
+}
 
+summarize() {  # summarize EXP_ID EXP_DIR TEACHER_DIR: print the run and append its row to results.csv
   local times=()
   for s in "${!SECONDS_OF[@]}"; do times+=("$s=${SECONDS_OF[$s]}"); done
-  "$PYTHON" -m tools.summarize_run append --experiment-dir "$exp_dir" --teacher-dir "$teacher_dir" \
-    --experiment "$exp" --results-csv "$OUT/results.csv" --time "${times[@]}"
+  "$PYTHON" -m tools.summarize_run append --experiment-dir "$2" --teacher-dir "$3" \
+    --experiment "$1" --results-csv "$OUT/results.csv" --time "${times[@]}"
 }
 
 if [[ "$DEMO" == 1 ]]; then

@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
-# The distillation table: random-real, SRe2L, WMDD with global BN and WMDD with per-class BN,
-# with identical relabel/train budgets, for each IPC and seed, through run.sh; then the
-# mean +- std table and plots (tools/plot_results). Finished runs are skipped on re-run.
+# The distillation table: random-real, SRe2L, WMDD with global BN and WMDD with per-class BN
+# (and any other registered method: dm, ddm), with identical relabel/train budgets, for each IPC
+# and seed, through run.sh; then the mean +- std table and plots (tools/plot_results). Finished
+# runs are skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol.
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
 #          [-m "random-real sre2l wmdd-global wmdd"] [-a "extra recover flags"] [-x "extra run.sh flags"]
+#          [-P fkd|dsa]
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=convnet; IPCS="10 50"; SEEDS="0 1 2"
-ITERS=500; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real sre2l wmdd-global wmdd"; EXTRA=""; RARGS=""
-while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:" opt; do
+ITERS=500; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real sre2l wmdd-global wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
+while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
   case "$opt" in
     d) DATASET="$OPTARG" ;; t) TEACHER="$OPTARG" ;; r) ROOT="$OPTARG" ;; o) OUT="$OPTARG" ;;
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
-    a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;;
+    a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
     *) sed -n '2,10p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,10p' "$0" >&2; exit 2; }
 
+SUFFIX=""
+[[ "$PROTOCOL" == fkd ]] || SUFFIX="-$PROTOCOL"
 TMODEL=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" "$TEACHER/manifest.json")
 mkdir -p "$OUT/teachers/${DATASET}_${TMODEL}"
 ln -sfn "$(cd "$TEACHER" && pwd)" "$OUT/teachers/${DATASET}_${TMODEL}/bench"
@@ -30,18 +34,17 @@ read -r -a extra <<<"$EXTRA"
 for ipc in $IPCS; do
   for seed in $SEEDS; do
     for method in $METHODS; do
+      rargs="$RARGS"
       case "$method" in
-        random-real) flags=(--method random-real) ;;
-        sre2l) flags=(--method sre2l) ;;
-        wmdd-global) flags=(--method wmdd -w) ;;
-        wmdd) flags=(--method wmdd -w -n) ;;
-        *) echo "unknown method $method" >&2; exit 2 ;;
+        wmdd-global) flags=(--method wmdd); rargs="$RARGS --no-per-class-bn" ;;
+        *) flags=(--method "$method") ;;
       esac
-      [[ -n "$RBN" && "$method" != random-real ]] && flags+=(-b "$RBN")
+      [[ -n "$RBN" && "$method" =~ ^(wmdd|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
       echo "=== $DATASET IPC $ipc seed $seed $method"
       "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" -i "$ITERS" \
-        -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed" --device cpu \
-        --train-args "--val-every $VAL_EVERY" --recover-args "$RARGS" "${flags[@]}" "${extra[@]+"${extra[@]}"}"
+        -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed$SUFFIX" --device cpu \
+        --protocol "$PROTOCOL" --train-args "--val-every $VAL_EVERY" --recover-args "$rargs" "${flags[@]}" \
+        "${extra[@]+"${extra[@]}"}"
     done
   done
 done

@@ -31,6 +31,7 @@ from models import create_model, penultimate_features
 from models.bn_stats import compute_bn_statistics
 from models.teacher import load_teacher
 from recover.losses import RecoverObjective
+from recover.methods.wmdd import ViewConfig, augment
 from recover.synthesize import SynthesisConfig, synthesize
 
 
@@ -74,14 +75,20 @@ def main() -> None:
     objective = RecoverObjective(model, stats, per_class_bn=True, use_wb=True, r_bn=0.01, r_ce=0.0,
                                  first_bn_multiplier=10.0, device=device)
     low, high = pixel_bounds(spec)
-    config = SynthesisConfig(iterations=args.iterations, lr=0.25, jitter=round(size * 32 / 224), amp=args.amp,
-                             channels_last=args.channels_last, log_every=10 ** 9)
+    config = SynthesisConfig(iterations=args.iterations, lr=0.25, log_every=10 ** 9)
+    view_config = ViewConfig(jitter=round(size * 32 / 224))
+
+    def loss(images: torch.Tensor, iteration: int):
+        view = augment(images, view_config)
+        if args.channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        return objective(view, classes, support, amp=args.amp)
 
     def recover_round() -> float:
         with objective:
             sync(device)
             start = time.perf_counter()
-            synthesize(objective, x, classes, support, low, high, config)
+            synthesize(loss, x, low, high, config)
             sync(device)
         return (time.perf_counter() - start) / args.iterations
 

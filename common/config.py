@@ -30,13 +30,21 @@ from common.manifest import jsonable
 STAGES = ("pretrain", "recover", "relabel", "train")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` except for options whose default is ``None`` (unset,
+    resolved later, e.g. by the recover method; their help states the value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def stage_parser(stage: str, description: str, *, workers_help: str, channels_last: bool = True
                  ) -> argparse.ArgumentParser:
     """A stage's argument parser with the options every stage shares: ``--config``,
     ``--output-dir``, ``--seed``, ``--device``, ``--workers``, ``--amp`` and (unless
     ``channels_last`` is False) ``--channels-last``."""
     p = argparse.ArgumentParser(prog=f"python -m {stage}", description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
     p.add_argument("--output-dir", help="stage output directory")
     p.add_argument("--seed", type=int, default=0)
@@ -118,22 +126,26 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str,
-                      variant: str | None = None) -> argparse.Namespace:
+                      variant: str | None = None, variant_defaults: dict[str, dict] | None = None
+                      ) -> argparse.Namespace:
     """Parse ``argv`` with defaults overridden by ``--config FILE.yaml`` when given.
 
     The parser must define ``--config``. Precedence: command line > the YAML
-    sub-section of the chosen ``variant`` value > the YAML section > the
+    sub-section of the chosen ``variant`` value > the YAML section >
+    ``variant_defaults[chosen]`` (e.g. train's ``--protocol dsa`` settings) > the
     parser's defaults.
 
     Raises:
         UserError: the YAML names a setting the parser does not know (:func:`config_defaults`).
     """
     pre, _ = parser.parse_known_args(argv)
-    if getattr(pre, "config", None):
-        plain = config_defaults(parser, pre.config, stage, variant)
-        parser.set_defaults(**plain)
-        chosen = getattr(parser.parse_known_args(argv)[0], variant) if variant else None
-        parser.set_defaults(**config_defaults(parser, pre.config, stage, variant, chosen))
+    path = getattr(pre, "config", None)
+    plain = config_defaults(parser, path, stage, variant) if path else {}
+    parser.set_defaults(**plain)
+    chosen = getattr(parser.parse_known_args(argv)[0], variant) if variant else None
+    parser.set_defaults(**(variant_defaults or {}).get(chosen, {}))
+    if path:
+        parser.set_defaults(**config_defaults(parser, path, stage, variant, chosen))
     return parser.parse_args(argv)
 
 

@@ -49,7 +49,8 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
     """Learning-rate schedule stepped once per epoch.
 
     ``cosine``: ``lr * 0.5 * (1 + cos(pi * epoch / epochs))`` (SRe2L/WMDD);
-    ``step``: x0.1 every 30 epochs; ``none``: constant.
+    ``step``: x0.1 every 30 epochs; ``half``: x0.1 from epoch ``epochs // 2`` on
+    (the DM family's evaluation); ``none``: constant.
 
     Raises:
         UserError: unknown schedule name.
@@ -58,10 +59,12 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
         fn = lambda e: 0.5 * (1 + math.cos(math.pi * e / max(1, epochs)))  # noqa: E731
     elif name == "step":
         fn = lambda e: 0.1 ** (e // 30)  # noqa: E731
+    elif name == "half":
+        fn = lambda e: 0.1 if e >= epochs // 2 else 1.0  # noqa: E731
     elif name == "none":
         fn = lambda e: 1.0  # noqa: E731
     else:
-        raise UserError(f"--lr-scheduler {name!r}: expected cosine, step or none")
+        raise UserError(f"--lr-scheduler {name!r}: expected cosine, step, half or none")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 

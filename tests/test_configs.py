@@ -12,7 +12,8 @@ from common.config import STAGES, config_defaults, load_yaml_section
 from common.datasets import get_spec
 
 PARSER_MODULES = {"pretrain": "pretrain.__main__", "recover": "recover.options", "relabel": "relabel.__main__",
-                  "train": "train.__main__"}
+                  "train": "train.student"}
+VARIANTS = {"recover": "method", "train": "protocol"}
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -30,9 +31,10 @@ def test_preset_keys_are_stage_options(preset):
         section = load_yaml_section(preset, stage)
         variants = {k: v for k, v in section.items() if isinstance(v, dict)}
         plain = {k: v for k, v in section.items() if k not in variants}
-        assert config_defaults(parser, preset, stage, "method") == plain
-        for method, settings in variants.items():
-            assert config_defaults(parser, preset, stage, "method", method) == {**plain, **settings}
+        variant = VARIANTS.get(stage)
+        assert config_defaults(parser, preset, stage, variant) == plain
+        for choice, settings in variants.items():
+            assert config_defaults(parser, preset, stage, variant, choice) == {**plain, **settings}
     assert get_spec(data["pretrain"]["dataset"]).name == preset.stem
 
 

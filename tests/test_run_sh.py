@@ -76,6 +76,28 @@ def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
     assert set(pd.read_csv(out / "results.csv")["experiment"]) == {"dbg", "killed"}
 
 
+def test_dm_under_the_dsa_protocol_needs_no_teacher(cifar_root, tmp_path):
+    proc = run_sh("run.sh", "-g", "-d", "cifar10", "-c", "2", "--method", "dm", "--protocol", "dsa", "-i", "3",
+                  "--recover-args", "--batch-real 8", "-r", cifar_root.parent, "-x", "dm", "--out", tmp_path,
+                  "--device", "cpu")
+    exp = tmp_path / "cifar10" / "dm"
+    assert not (exp / "relabel").exists() and not (tmp_path / "teachers").exists()
+    train = json.loads((exp / "train" / "manifest.json").read_text())
+    assert train["args"]["protocol"] == "dsa" and train["model"] == "convnet_in" and train["args"]["epochs"] == 2
+    row = pd.read_csv(tmp_path / "results.csv").iloc[0]
+    assert (row["variant"], row["protocol"], row["ipc"]) == ("dm", "dsa", 2)
+    assert "student convnet_in: top-1" in proc.stdout
+
+
+def test_run_sh_wmdd_defaults_equal_python_defaults(debug_run, cifar_root):
+    """Without -n/-w, run.sh --method wmdd resolves to python -m recover --method wmdd: both terms on."""
+    out, _ = debug_run
+    run_sh("run.sh", *[a for a in DEBUG if a not in ("-n", "-w", "-p")], "-i", "2", "-r", cifar_root.parent,
+           "-x", "plain", "--out", out)
+    args = json.loads((out / "cifar10" / "plain" / "recover" / "manifest.json").read_text())["args"]
+    assert (args["wb"], args["per_class_bn"], args["r_ce"]) == (True, True, 0.0)
+
+
 def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     proc = run_sh("run.sh", "-g", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "not found; add -p to pretrain it" in proc.stderr
@@ -89,7 +111,8 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["-c", "ten", "-r", "/tmp"], "-c ten: IPC must be a positive integer"),
     (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
     (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
-    (["--method", "dm", "-r", "/tmp"], "--method dm: expected wmdd, sre2l or random-real"),
+    (["--method", "dance", "-r", "/tmp"], "--method dance: unknown method (registered: ddm dm random-real sre2l wmdd"),
+    (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd or dsa"),
 ])
 def test_bad_flags_print_usage_and_fail(args, message):
     proc = run_sh("run.sh", *args, check=False)

@@ -22,7 +22,7 @@ from common.io import atomic_write_bytes
 COLUMNS = ["finished_at", "experiment", "dataset", "variant", "method", "ipc", "seed", "teacher_model",
            "student_model", "teacher_top1", "top1", "top5", "wb", "per_class_bn", "r_bn", "r_ce", "recover_lr",
            "iterations", "epochs", "input_size", "num_images", "images_bytes", "soft_label_bytes",
-           "pretrain_s", "recover_s", "relabel_s", "train_s", "train_dir"]
+           "pretrain_s", "recover_s", "relabel_s", "train_s", "train_dir", "protocol"]
 
 
 def _manifest(stage_dir: Path | None) -> dict:
@@ -31,10 +31,10 @@ def _manifest(stage_dir: Path | None) -> dict:
 
 
 def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce: float | None) -> str:
-    """Readable method variant, e.g. ``"wmdd: WB, per-class BN"`` or ``"random-real"``."""
+    """Readable method variant, e.g. ``"wmdd: WB, per-class BN"``, ``"random-real"`` or ``"dm"``."""
     if method is None:
         return "pseudo-label"
-    if method == "random-real":
+    if method not in ("wmdd", "sre2l"):
         return method
     parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
     if r_ce:
@@ -71,7 +71,7 @@ def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, t
         "r_ce": rargs.get("r_ce"), "recover_lr": rargs.get("lr"), "iterations": rargs.get("iterations"),
         "epochs": results["epochs"], "input_size": recover.get("input_size"), "num_images": results["num_images"],
         "images_bytes": dir_bytes(experiment_dir / "recover" / "images"), "soft_label_bytes": relabel.get("bytes"),
-        "train_dir": str(experiment_dir / "train"),
+        "train_dir": str(experiment_dir / "train"), "protocol": train.get("args", {}).get("protocol", "fkd"),
     }
     for stage in ("pretrain", "recover", "relabel", "train"):
         row[f"{stage}_s"] = round(timings[stage], 1) if stage in timings else None
@@ -88,6 +88,8 @@ def append_row(csv: Path, row: dict) -> None:
     table = pd.DataFrame([row], columns=COLUMNS)
     if csv.is_file():
         old = pd.read_csv(csv)
+        if list(old.columns) == COLUMNS[:-1]:
+            old["protocol"] = "fkd"  # written before the DSA protocol existed
         if list(old.columns) != COLUMNS:
             raise UserError(f"{csv}: has columns {list(old.columns)[:5]}... not this toolkit's; move it away")
         old = old[old["train_dir"] != row["train_dir"]]

@@ -6,7 +6,9 @@ Distilled images (``--images``), replaying relabel's recorded views with:
   against the stored top-k teacher logits (FKD);
 * ``--online-teacher TEACHER_DIR``: the teacher labels the same kind of views
   on the fly (nothing stored);
-* ``--hard-labels``: cross-entropy on folder labels, mixed by CutMix/MixUp.
+* ``--hard-labels``: cross-entropy on folder labels, mixed by CutMix/MixUp;
+* ``--protocol dsa``: the DM family's evaluation (hard labels, DSA on every
+  batch, convnet_in, SGD, lr x0.1 at half the epochs, 1,000 epochs).
 
 A full real train split (``--train-dir``) with labels from
 ``--pseudo-label-csv`` (or folder labels with ``--hard-labels``), plus
@@ -32,14 +34,14 @@ from common.manifest import finished_with_same_args, run_arguments, write_manife
 from common.soft_labels import meta_path
 from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
 from models import create_model, parse_model_kwargs
-from train.student import StudentRun, build_parser, train_epoch, training_mode
+from train.student import PROTOCOLS, StudentRun, build_parser, train_epoch, training_mode
 
 log = logging.getLogger("wmdd.train")
 RESUME_IGNORES = ("workers", "device", "config")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_config(build_parser(), argv, "train")
+    args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS)
     training_mode(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         results = {"top1": val["top1"], "top5": val["top5"], "epochs": args.epochs, "model": args.model,
                    "images": str(Path(args.images or args.train_dir).resolve()), "num_images": run.num_images(),
-                   "mode": run.mode, "val_images": val["count"]}
+                   "mode": run.mode, "protocol": args.protocol, "val_images": val["count"]}
         atomic_write_json(out / "results.json", results)
         inputs = {}
         if run.soft is not None:

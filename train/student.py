@@ -16,12 +16,14 @@ import torch
 import torch.nn as nn
 
 from common.config import stage_parser
-from common.data import image_folder, split_dir, with_transform
+from common.data import image_folder, load_image, split_dir, with_transform
 from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
+from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
 from common.errors import UserError
 from common.loaders import seed_epoch, train_loader
 from common.soft_labels import SoftLabels
+from common.training import derive_seed
 from common.transforms import eval_transform, train_transform
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models import model_names
@@ -32,12 +34,26 @@ from train.pseudo_labels import parse_pseudo_label_csv, summarize
 
 log = logging.getLogger("wmdd.train")
 
+#: Option values each protocol sets unless the command line or the YAML gives them
+#: (DM, Zhao & Bilen 2023: evaluation of distilled sets on the ConvNet, hard labels, DSA).
+PROTOCOLS: dict[str, dict] = {
+    "fkd": {},
+    "dsa": {"model": "convnet_in", "opt": "sgd", "lr": 0.01, "momentum": 0.9, "wd": 5e-4, "lr_scheduler": "half",
+            "batch_size": 256, "epochs": 1000},
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The train stage's options (``python -m train --help``); YAML presets are applied
     by :func:`common.config.parse_with_config`."""
     p = stage_parser("train", "``python -m train``: train a student from scratch and evaluate it on the real "
                      "validation split.", workers_help="DataLoader worker processes")
+    p.add_argument("--protocol", default="fkd", choices=sorted(PROTOCOLS),
+                   help="evaluation protocol: fkd = the decoupled (SRe2L/WMDD) protocol, soft labels or "
+                        "--hard-labels on recorded views; dsa = the DM family's: hard labels, DSA on every batch, "
+                        "convnet_in, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half the epochs, batch 256, "
+                        "1,000 epochs (each explicitly given option still wins)")
+    p.add_argument("--dsa-strategy", default=DEFAULT_STRATEGY, help="DSA transform families (--protocol dsa)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
     p.add_argument("--soft-labels", help="relabel output directory")
     p.add_argument("--online-teacher", help="teacher directory: label views on the fly")
@@ -58,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--wd", type=float, default=0.01, help="weight decay")
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "none"])
+    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "half", "none"])
     p.add_argument("--cos", dest="lr_scheduler", action="store_const", const="cosine",
                    help="cosine schedule (WMDD's spelling)")
     p.add_argument("--input-size", type=int, help="view side in pixels (default: recorded / teacher / dataset)")
@@ -75,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def training_mode(args) -> str:
-    """``soft``, ``online``, ``hard`` (planned views of --images) or ``real`` (--train-dir).
+    """``soft``, ``online``, ``hard`` (planned views of --images), ``dsa`` (``--protocol
+    dsa``: DSA views of --images with folder labels) or ``real`` (--train-dir).
 
     Raises:
         UserError: missing or conflicting options.
@@ -97,6 +114,12 @@ def training_mode(args) -> str:
         raise UserError("--pseudo-label-csv needs --train-dir REAL_ROOT/train")
     if not args.images:
         raise UserError("pass --images DIR (distilled images) or --train-dir DIR (a real train split)")
+    if args.protocol == "dsa":
+        if args.soft_labels or args.online_teacher:
+            raise UserError("--protocol dsa trains on hard (folder) labels; drop --soft-labels/--online-teacher "
+                            "or use --protocol fkd")
+        DSAParams(strategy=args.dsa_strategy)
+        return "dsa"
     chosen = [m for m, on in (("soft", bool(args.soft_labels)), ("online", bool(args.online_teacher)),
                               ("hard", args.hard_labels)) if on]
     if len(chosen) != 1:
@@ -118,6 +141,8 @@ class StudentRun:
             self.teacher = load_teacher(args.online_teacher, ctx.device)
         if self.mode == "real":
             self._setup_real()
+        elif self.mode == "dsa":
+            self._setup_dsa()
         else:
             self._setup_planned()
         val_dir = split_dir(args.data_path, "val")
@@ -166,11 +191,46 @@ class StudentRun:
         if self.teacher is not None and self.teacher.classes != self.classes:
             raise UserError(f"{args.images}: class folders differ from the teacher's ({self.teacher.path})")
         self.input_size = self.settings.input_size
+        self._load_weights()
+
+    def _setup_dsa(self) -> None:
+        """``--protocol dsa``: the distilled images in memory (normalised ``[N, 3, S, S]``
+        float32), folder labels and per-image weights."""
+        args = self.args
+        given = [k for k in ("min_scale_crops", "max_scale_crops", "mix_type", "mix_alpha")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} sets recorded (FKD) views; --protocol dsa augments "
+                            "with DSA (--dsa-strategy): drop the option")
+        self.images = load_image_set(args.images)
+        self.classes = self.images.classes
+        self.spec = self._spec_from_args()
+        self.input_size = args.input_size or self.spec.image_size
+        transform = eval_transform(self.spec, self.input_size)
+        self.pixels = torch.stack([transform(load_image(str(p))) for p in self.images.paths])
+        self.dsa = DSAParams(strategy=args.dsa_strategy)
+        self._load_weights()
+
+    def _load_weights(self) -> None:
+        args = self.args
         weights_file = args.sample_weights or (self.images.root.parent / "sample_weights.csv")
         if not args.no_sample_weights and (args.sample_weights or Path(weights_file).is_file()):
             self.weights = load_sample_weights(weights_file, self.images)
             log.info("per-image weights from %s (min %.3f, max %.3f)", weights_file, float(self.weights.min()),
                      float(self.weights.max()))
+
+    def dsa_epoch(self, epoch: int):
+        """The batches of one ``--protocol dsa`` epoch: a seeded permutation of the images
+        cut into ``--batch-size`` batches, each augmented by one per-image DSA draw
+        (:func:`common.dsa.augment`) and split over the ranks (rank r takes positions
+        r, r+W, ...). Yields ``{"views" [n_r, 3, S, S], "index" [n_r] int64, "batch_len"}``."""
+        args, ctx = self.args, self.ctx
+        generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa-epoch", epoch))
+        order = torch.randperm(len(self.pixels), generator=generator)
+        for index in order.split(args.batch_size):
+            views = augment(self.pixels[index], self.dsa, generator)
+            yield {"views": views[ctx.rank::ctx.world_size], "index": index[ctx.rank::ctx.world_size],
+                   "batch_len": len(index)}
 
     def _setup_real(self) -> None:
         args = self.args
@@ -203,6 +263,10 @@ class StudentRun:
                 seed_epoch(loader, args.seed, epoch, ctx)
                 yield epoch, loader
             return
+        if self.mode == "dsa":
+            for epoch in range(start, args.epochs):
+                yield epoch, self.dsa_epoch(epoch)
+            return
         source = self.soft if self.mode == "soft" else DrawnEpochs(self.sizes, self.settings, args.seed)
         dataset = PlannedBatches(self.images.paths, source, self.spec, self.settings, ctx.rank, ctx.world_size)
         yield from planned_loader(dataset, range(start, args.epochs), args.workers, ctx.device.type == "cuda")
@@ -219,6 +283,13 @@ class StudentRun:
             return loss, len(labels)
         if int(batch["batch_len"]) < self.ctx.world_size:
             return None, 0
+        if self.mode == "dsa":
+            index = batch["index"]
+            out = self._forward(model, batch["views"].to(dev))
+            ce = nn.functional.cross_entropy(out.float(), self.images.labels[index].to(dev), reduction="none")
+            if self.weights is not None:
+                ce = ce * self.weights[index].to(dev)
+            return ce.mean(), len(index)
         views = batch["views"].to(dev, non_blocking=True)
         own, other = batch["own"], batch["other"]
         lam = batch["lam"].expand(len(own))

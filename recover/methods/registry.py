@@ -98,12 +98,14 @@ class RecoverMethod:
             command line and the YAML leave it unset.
         optimizes: False for a method that copies its initial images (``--lr`` and
             ``--iterations`` are then unused).
+        requires_teacher: the method cannot run without ``--teacher`` (run.sh asks).
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     optimizes: ClassVar[bool] = True
+    requires_teacher: ClassVar[bool] = False
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:

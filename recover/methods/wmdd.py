@@ -66,6 +66,7 @@ class WMDD(RecoverMethod):
                 "per_class_bn": True, "first_bn_multiplier": 10.0, "random_crop": True, "flip": True,
                 "min_scale": 0.08, "max_scale": 1.0, "barycenter_solver": "exact", "weight_wb": False,
                 "feature_batch_size": 256}
+    requires_teacher = True
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The DM-family table: random real, DM and Decomposed-DM variants on one dataset, each distilled set
+# trained under the DSA hard-label protocol (and, with -t TEACHER, under the FKD soft-label protocol),
+# for each seed; finished stages are skipped on re-run, so a killed table resumes.
+#
+# Usage: benchmarks/dm_family.sh -r DATA_ROOT/cifar10 [-d cifar10] [-o OUT] [-c IPC] [-s "0 1 2"]
+#          [-i ITERATIONS] [-b BATCH_REAL] [-e DSA_EPOCHS] [-t TEACHER_DIR -z FKD_EPOCHS] [-R]
+#          [-m "random-real dm ddm ddm-cm ddm-icd ddm-mm-pre"]
+#   -R   recover only (synthesise the sets, train nothing)
+# Variants: dm = --method dm; ddm = --method ddm (defaults: style both, post-norm, ICD 10);
+#   ddm-style = ddm without ICD; ddm-icd = ddm without style; ddm-mm-pre = moments matching alone on
+#   pre-norm maps with --mm-weight 0.01.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+DATA=""; DATASET=cifar10; OUT="$REPO/.cache/dm-family"; IPC=10; SEEDS="0 1 2"; ITERS=150; BREAL=32
+EPOCHS=300; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0
+VARIANTS="random-real dm ddm ddm-style ddm-icd ddm-mm-pre"
+while getopts ":r:d:o:c:s:i:b:e:t:z:m:R" opt; do
+  case "$opt" in
+    r) DATA="$OPTARG" ;; d) DATASET="$OPTARG" ;; o) OUT="$OPTARG" ;; c) IPC="$OPTARG" ;; s) SEEDS="$OPTARG" ;;
+    i) ITERS="$OPTARG" ;; b) BREAL="$OPTARG" ;; e) EPOCHS="$OPTARG" ;; t) TEACHER="$OPTARG" ;;
+    z) FKD_EPOCHS="$OPTARG" ;; m) VARIANTS="$OPTARG" ;; R) RECOVER_ONLY=1 ;;
+    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  esac
+done
+[[ -d "$DATA/train" ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+cd "$REPO"
+for seed in $SEEDS; do
+  for variant in $VARIANTS; do
+    case "$variant" in
+      random-real) flags=(--method random-real) ;;
+      dm) flags=(--method dm) ;;
+      ddm) flags=(--method ddm) ;;
+      ddm-style) flags=(--method ddm --icd-weight 0) ;;
+      ddm-icd) flags=(--method ddm --style none) ;;
+      ddm-mm-pre) flags=(--method ddm --style mm --style-features pre-norm --mm-weight 0.01 --icd-weight 0) ;;
+      *) echo "unknown variant $variant" >&2; exit 2 ;;
+    esac
+    [[ "$variant" != random-real ]] && flags+=(--iterations "$ITERS" --batch-real "$BREAL")
+    exp="$OUT/$variant-ipc$IPC-s$seed"
+    echo "=== $variant IPC $IPC seed $seed"
+    "$PYTHON" -m recover --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp/recover" --ipc "$IPC" \
+      --seed "$seed" --device cpu --log-every 50 "${flags[@]}"
+    [[ "$RECOVER_ONLY" == 1 ]] && continue
+    "$PYTHON" -m train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
+      --output-dir "$exp/train-dsa" --epochs "$EPOCHS" --seed "$seed" --device cpu --val-every "$EPOCHS"
+    if [[ -n "$TEACHER" ]]; then
+      "$PYTHON" -m relabel --teacher "$TEACHER" --images "$exp/recover/images" --output-dir "$exp/relabel" \
+        --epochs "$FKD_EPOCHS" --batch-size 100 --seed "$seed" --device cpu --config "configs/$DATASET.yaml"
+      "$PYTHON" -m train --images "$exp/recover/images" --soft-labels "$exp/relabel" --teacher "$TEACHER" \
+        --data-path "$DATA" --model convnet --output-dir "$exp/train-fkd" --epochs "$FKD_EPOCHS" --batch-size 100 \
+        --seed "$seed" --device cpu --config "configs/$DATASET.yaml" --val-every 50
+    fi
+  done
+done
+"$PYTHON" -m tools.fair_scores "$OUT"
