@@ -14,8 +14,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
-DATA=""; DATASET=cifar10; OUT="$REPO/.cache/dm-family"; IPC=10; SEEDS="0 1 2"; ITERS=150; BREAL=32
-EPOCHS=300; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0
+DATA=""; DATASET=cifar10; OUT="$REPO/.cache/dm-family"; IPC=10; SEEDS="0 1 2"; ITERS=60; BREAL=32
+EPOCHS=100; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0
 VARIANTS="random-real dm ddm ddm-style ddm-icd ddm-mm-pre"
 while getopts ":r:d:o:c:s:i:b:e:t:z:m:R" opt; do
   case "$opt" in

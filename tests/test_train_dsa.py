@@ -1,0 +1,83 @@
+"""``python -m train --protocol dsa`` (the DM family's evaluation) on real CIFAR-10:
+protocol settings, DSA views, resume, torchrun, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common.training import build_epoch_scheduler
+from tests.conftest import run_module, torchrun
+
+
+@pytest.fixture(scope="module")
+def real_set(cifar_root, tmp_path_factory):
+    """3 seeded real images per class in recover's output format (no teacher needed)."""
+    out = tmp_path_factory.mktemp("rr") / "recover"
+    run_module("recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out,
+               "--method", "random-real", "--ipc", "3", "--workers", "0")
+    return out / "images"
+
+
+def _train(images, root, out, *extra, check=True):
+    return run_module("train", "--protocol", "dsa", "--images", images, "--dataset", "cifar10", "--data-path", root,
+                      "--output-dir", out, "--workers", "0", "--epochs", "4", "--val-every", "2", *extra,
+                      check=check, env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def dsa_run(real_set, cifar_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dsa") / "train"
+    _train(real_set, cifar_root, out, "--batch-size", "16")
+    return out
+
+
+def test_protocol_settings_are_the_dm_evaluation_unless_given(dsa_run):
+    manifest = json.loads((dsa_run / "manifest.json").read_text())
+    args = manifest["args"]
+    assert (args["model"], args["opt"], args["lr"], args["momentum"], args["wd"], args["lr_scheduler"]) == \
+        ("convnet_in", "sgd", 0.01, 0.9, 5e-4, "half")
+    assert (args["epochs"], args["batch_size"]) == (4, 16)  # given on the command line: they win
+    results = json.loads((dsa_run / "results.json").read_text())
+    assert (results["mode"], results["protocol"], results["num_images"], results["val_images"]) == \
+        ("dsa", "dsa", 30, 100)
+    lines = [json.loads(x) for x in (dsa_run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2, 3] and [x["lr"] for x in lines] == [0.01, 0.01, 0.001, 0.001]
+    assert all(x["images"] == 30 for x in lines) and "val_top1" in lines[-1]
+
+
+def test_half_schedule():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = build_epoch_scheduler("half", opt, 1000)
+    lrs = []
+    for _ in range(1000):
+        lrs.append(opt.param_groups[0]["lr"])
+        schedule.step()
+    assert lrs[499] == 1.0 and lrs[500] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_two_rank_torchrun_trains_the_same_student(dsa_run, real_set, cifar_root, tmp_path):
+    """Each recorded batch is split over the ranks (8 + 8 images), so DDP's averaged
+    gradient is the one-process gradient up to float rounding."""
+    ddp = tmp_path / "ddp"
+    torchrun(2, "train", "--protocol", "dsa", "--images", real_set, "--dataset", "cifar10", "--data-path",
+             cifar_root, "--output-dir", ddp, "--workers", "0", "--epochs", "4", "--val-every", "2",
+             "--batch-size", "16")
+    full = json.loads((dsa_run / "results.json").read_text())
+    both = json.loads((ddp / "results.json").read_text())
+    assert both["num_images"] == 30 and abs(both["top1"] - full["top1"]) <= 2.0
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (["--soft-labels", "x"], "--protocol dsa trains on hard (folder) labels"),
+    (["--mix-type", "mixup"], "--mix-type sets recorded (FKD) views"),
+    (["--dsa-strategy", "color_noise"], "noise"),
+    (["--protocol", "dda"], "invalid choice: 'dda'"),
+])
+def test_bad_dsa_input(flags, expect, real_set, cifar_root, tmp_path):
+    out = tmp_path / "out"
+    proc = _train(real_set, cifar_root, out, *flags, check=False)
+    assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+    assert not (out / "manifest.json").exists()
