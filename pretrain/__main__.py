@@ -4,9 +4,10 @@ Writes ``OUT/teacher.pt`` (weights, classes, dataset spec, BN statistics,
 resolved arguments), ``OUT/metrics.jsonl`` (one line per epoch),
 ``OUT/config.yaml``, ``OUT/last.pt`` (resume state) and, last,
 ``OUT/manifest.json``. Re-running a killed run with the same command resumes
-from ``last.pt``. ``--experts N`` trains N experts for DANCE instead
-(:mod:`pretrain.experts`: ``OUT/experts.pt``, paper settings as defaults). ``--stats-only --teacher CKPT`` skips training and computes
+from ``last.pt``. ``--stats-only --teacher CKPT`` skips training and computes
 the statistics of an existing checkpoint (ours or a plain torchvision state dict).
+``--experts N`` trains N experts for DANCE instead (:mod:`pretrain.experts`:
+``OUT/experts.pt``, the paper's settings as defaults).
 Under ``torchrun`` training uses DDP and the statistics are summed over ranks.
 """
 

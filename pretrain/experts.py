@@ -41,7 +41,6 @@ from common.datasets import resolve_spec
 from common.distributed import DistContext
 from common.dsa import DSAParams, apply_sequence, draw_sequence
 from common.io import torch_load
-from common.loaders import eval_loader
 from common.manifest import write_manifest
 from common.training import build_epoch_scheduler, build_optimizer, derive_seed, evaluate
 from common.transforms import eval_pixels_transform, eval_transform, normalize
@@ -139,8 +138,8 @@ def train_experts(args: argparse.Namespace, ctx: DistContext, out: Path, run_arg
     parts = [torch_load(part_path(out, e), "expert") for e in range(args.experts)]
     lines = [json.dumps(m) for p in parts for m in p.pop("metrics")]
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-    write_experts(out / EXPERTS_FILE, parts, name=args.model, kwargs=parse_model_kwargs(args.model, args.model_kwargs), classes=classes, spec=spec,
-                  input_size=size, args=run_args)
+    write_experts(out / EXPERTS_FILE, parts, name=args.model, kwargs=parse_model_kwargs(args.model, args.model_kwargs),
+                  classes=classes, spec=spec, input_size=size, args=run_args)
     val = [p["val"]["top1"] for p in parts]
     write_manifest(out, stage="pretrain", args=run_args, outputs=[EXPERTS_FILE, "metrics.jsonl", "config.yaml"],
                    dataset=spec.to_dict(), classes=classes, model=args.model,

@@ -8,4 +8,5 @@ from recover.methods.registry import (NEEDS, Optimisation, RecoverMethod, Resour
                                       get_method, method_names, register_method, resolve_method_args)
 
 __all__ = ["NEEDS", "Optimisation", "RecoverMethod", "Resources", "add_method_arguments", "get_method",
-           "method_names", "register_method", "resolve_method_args", "dance", "ddm", "dm", "random_real", "sre2l", "wmdd"]
+           "method_names", "register_method", "resolve_method_args", "dance", "ddm", "dm", "random_real", "sre2l",
+           "wmdd"]
