@@ -23,7 +23,8 @@ from common.datasets import get_spec
 from common.multiformation import decode, encode
 from common.transforms import eval_transform
 from models.experts import interpolate_state, load_experts
-from recover.methods.dance import load_middle_encoder
+from common.views import cutmix_batch
+from recover.methods.dance import load_middle_encoder, pixel_space_gradient
 from tests.conftest import EXPERT_FLAGS, REPO, run_module, torchrun
 from train.student import PROTOCOLS, build_parser
 
@@ -96,6 +97,27 @@ def test_multiformation_decodes_four_ipc_images_per_class_at_the_tile_resolution
     expected = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(decoded, expected, atol=1e-6)
     assert torch.equal(decode(stored, 1), stored) and torch.equal(encode(x, 1), x)
+
+
+def test_pixel_gradient_is_scaled_to_the_authors_0_1_pixel_units():
+    std = torch.tensor(get_spec("cifar10").std).view(1, 3, 1, 1)
+    x = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    y = pixel_space_gradient(x, std)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, (1 / std.square()).expand(2, 3, 4, 4))
+
+
+def test_cutmix_with_probability_0_draws_nothing_and_mixes_nothing():
+    x = torch.randn(6, 3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    views, partner, lam = cutmix_batch(x, 0.0, generator)
+    assert views is x and torch.equal(partner, torch.arange(6)) and lam == 1.0
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    views, partner, lam = cutmix_batch(x, 1.0, generator)
+    assert 0 <= lam <= 1 and sorted(partner.tolist()) == list(range(6))
+    pasted = (views != x).any(dim=1)
+    assert abs(pasted[partner != torch.arange(6)].float().mean().item() - (1 - lam)) < 1e-6
 
 
 def test_dance_protocol_is_the_dsa_protocol_with_cutmix_and_multiformation():
