@@ -144,6 +144,10 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
                env=ONE_THREAD)
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "dance" and 0 <= results["top1"] <= 100
+    proc = run_module("train", "--protocol", "dsa", "--images", rec / "images", "--dataset", "cifar10",
+                      "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0", check=False)
+    assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr
+    assert "pass --factor 2" in proc.stderr and not (tmp_path / "no-decode" / "manifest.json").exists()
 
 
 def _dance(experts_path, cifar_root, out, *extra):

@@ -22,7 +22,9 @@ from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
 from common.multiformation import decode
 from common.errors import UserError
+from common.io import read_json
 from common.loaders import seed_epoch, train_loader
+from common.manifest import MANIFEST
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
 from common.transforms import eval_transform, train_transform
@@ -150,6 +152,23 @@ def training_mode(args) -> str:
     return chosen[0]
 
 
+def _check_factor(images: Path, factor: int) -> None:
+    """Refuse a ``--factor`` other than the one recorded by the recover run that wrote
+    ``images`` (its ``manifest.json`` next to the folder; 1 when it records none).
+    Sets without a recover manifest are not checked.
+
+    Raises:
+        UserError: the factors differ (names both and the fix).
+    """
+    manifest = images.parent / MANIFEST
+    if not manifest.is_file():
+        return
+    recorded = read_json(manifest, "recover manifest").get("factor", 1)
+    if recorded != factor:
+        raise UserError(f"{images}: stored with multi-formation factor {recorded} ({manifest}), trained with "
+                        f"--factor {factor}; pass --factor {recorded}")
+
+
 class StudentRun:
     """Everything one training run needs, resolved from the arguments."""
 
@@ -232,6 +251,7 @@ class StudentRun:
         self.spec = self._spec_from_args()
         self.input_size = args.input_size or self.spec.image_size
         transform = eval_transform(self.spec, self.input_size)
+        _check_factor(self.images.root, args.factor)
         tiles = args.factor ** 2
         self.pixels = decode(torch.stack([transform(load_image(str(p))) for p in self.images.paths]), args.factor)
         self.labels = self.images.labels.repeat_interleave(tiles)
