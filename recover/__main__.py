@@ -5,7 +5,8 @@ matching + per-class BN, no CE; WMDD Eq. 5-7), ``sre2l`` (CE + global BN),
 ``random-real`` (IPC seeded real images per class), ``dm`` (distribution
 matching with random networks and DSA), ``ddm`` (DM + style matching +
 intra-class diversity) and ``dance`` (middle encoders of pretrained experts,
-expert calibration, multi-formation; needs ``--experts``). ``python -m recover --help`` lists each method's options.
+expert calibration, multi-formation; needs ``--experts``). ``python -m recover
+--help`` lists each method's options.
 
 Writes ``OUT/images/<class>/<i>.png``, ``sample_weights.csv``, ``grid.png``,
 ``metrics.jsonl``, ``barycenters.pt`` (methods that use barycenters) and,

@@ -20,11 +20,11 @@ from common.data import image_folder, load_image, split_dir, with_transform
 from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
-from common.multiformation import decode
 from common.errors import UserError
 from common.io import read_json
 from common.loaders import seed_epoch, train_loader
 from common.manifest import MANIFEST
+from common.multiformation import decode
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
 from common.transforms import eval_transform, train_transform
