@@ -10,8 +10,9 @@ IDC's ``DiffAug`` does) and then CutMix with probability 0.5.
 
 Each expert's initial and final weights go to ``OUT/progress/expert_<e>.pt``
 when it finishes; at the end they are merged into ``OUT/experts.pt``
-(:mod:`models.experts`) with ``metrics.jsonl`` (one line per expert and epoch),
-and ``manifest.json`` is written last. A killed run re-run with the same command
+(:mod:`models.experts`) with ``metrics.jsonl`` (one line per expert and epoch,
+with its training seconds), and ``manifest.json`` (with the mean training
+seconds per expert) is written last. A killed run re-run with the same command
 skips finished experts and restarts the one it was training from its
 initialisation. Under ``torchrun`` experts are sharded round-robin over ranks;
 every expert depends only on the seed and its index, so the result equals one
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -106,9 +108,11 @@ def train_expert(e: int, args, pixels, labels, spec, size: int, classes: list[st
     for epoch in range(args.epochs):
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "expert", e, "epoch", epoch))
         lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
         loss = expert_epoch(model, pixels, labels, spec, optimizer, args, generator, device)
         scheduler.step()
-        metrics.append({"expert": e, "epoch": epoch, "lr": lr, "train_loss": loss})
+        metrics.append({"expert": e, "epoch": epoch, "lr": lr, "train_loss": loss,
+                        "seconds": time.perf_counter() - start})
     val = evaluate(model, vloader, DistContext(0, 1, 0, device))
     log.info("expert %d/%d: loss %.4f, val top-1 %.2f%%", e + 1, args.experts, metrics[-1]["train_loss"],
              val["top1"])
@@ -136,14 +140,16 @@ def train_experts(args: argparse.Namespace, ctx: DistContext, out: Path, run_arg
     if not ctx.is_main:
         return
     parts = [torch_load(part_path(out, e), "expert") for e in range(args.experts)]
-    lines = [json.dumps(m) for p in parts for m in p.pop("metrics")]
-    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    metrics = [p.pop("metrics") for p in parts]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for epochs in metrics for m in epochs))
+    seconds = sum(m["seconds"] for epochs in metrics for m in epochs) / args.experts
     write_experts(out / EXPERTS_FILE, parts, name=args.model, kwargs=parse_model_kwargs(args.model, args.model_kwargs),
                   classes=classes, spec=spec, input_size=size, args=run_args)
     val = [p["val"]["top1"] for p in parts]
     write_manifest(out, stage="pretrain", args=run_args, outputs=[EXPERTS_FILE, "metrics.jsonl", "config.yaml"],
                    dataset=spec.to_dict(), classes=classes, model=args.model,
-                   extra={"experts": args.experts, "input_size": size, "val_top1": val})
+                   extra={"experts": args.experts, "input_size": size, "val_top1": val,
+                          "seconds_per_expert": seconds})
     for e in range(args.experts):
         part_path(out, e).unlink()
     part_path(out, 0).parent.rmdir()

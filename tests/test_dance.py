@@ -52,6 +52,7 @@ def test_experts_artifact_holds_initial_and_final_weights(experts):
     assert not (experts / "progress").exists()
     lines = [json.loads(x) for x in (experts / "metrics.jsonl").read_text().splitlines()]
     assert [(x["expert"], x["epoch"]) for x in lines] == [(0, 0), (1, 0)]
+    assert all(x["seconds"] > 0 for x in lines) and manifest["seconds_per_expert"] > 0
     raw = torch.load(experts / "experts.pt", map_location="cpu", weights_only=True)
     assert raw["args"]["epochs"] == 1 and raw["args"]["lr"] == 0.01 and raw["args"]["cutmix_prob"] == 0.5
 
