@@ -334,3 +334,28 @@ def augment(x: torch.Tensor, params: DSAParams, generator: torch.Generator) -> t
         ValueError: ``x`` is not a float batch ``[N, C, S, S]``.
     """
     return apply_draw(x, draw_params(params, x.shape[0], x.shape[-1], generator))
+
+
+def draw_sequence(params: DSAParams, n: int, side: int, generator: torch.Generator, *,
+                  shared: bool = False) -> list[DSADraw]:
+    """One draw per family of ``params.strategy``, in the strategy's order.
+
+    IDC's ``DiffAug`` (Kim et al. 2022; DANCE's augmentation) applies ``color``,
+    ``cutout`` and ``flip`` on every call and picks one of the remaining families,
+    so for ``color_crop_cutout`` (DANCE's matching) and ``color_crop`` (its
+    experts) every family is applied; this is that chain. Arguments as
+    :func:`draw_params`.
+
+    Returns:
+        A list of :class:`DSADraw` for :func:`apply_sequence`.
+    """
+    return [draw_params(DSAParams(**{**params.__dict__, "strategy": family}), n, side, generator, shared=shared)
+            for family in params.families]
+
+
+def apply_sequence(x: torch.Tensor, draws: list[DSADraw]) -> torch.Tensor:
+    """Apply :func:`draw_sequence`'s draws in order: ``[N, C, S, S]`` -> the same shape,
+    differentiable w.r.t. ``x``. Raises as :func:`apply_draw`."""
+    for draw in draws:
+        x = apply_draw(x, draw)
+    return x

@@ -50,7 +50,8 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
 
     ``cosine``: ``lr * 0.5 * (1 + cos(pi * epoch / epochs))`` (SRe2L/WMDD);
     ``step``: x0.1 every 30 epochs; ``half``: x0.1 from epoch ``epochs // 2`` on
-    (the DM family's evaluation); ``none``: constant.
+    (the DM family's evaluation); ``multistep``: x0.2 from epoch ``2 epochs // 3`` on
+    and again from ``5 epochs // 6`` (IDC/DANCE's experts and evaluation); ``none``: constant.
 
     Raises:
         UserError: unknown schedule name.
@@ -61,10 +62,12 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
         fn = lambda e: 0.1 ** (e // 30)  # noqa: E731
     elif name == "half":
         fn = lambda e: 0.1 if e >= epochs // 2 else 1.0  # noqa: E731
+    elif name == "multistep":
+        fn = lambda e: 0.2 ** ((e >= 2 * epochs // 3) + (e >= 5 * epochs // 6))  # noqa: E731
     elif name == "none":
         fn = lambda e: 1.0  # noqa: E731
     else:
-        raise UserError(f"--lr-scheduler {name!r}: expected cosine, step, half or none")
+        raise UserError(f"--lr-scheduler {name!r}: expected cosine, step, half, multistep or none")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 

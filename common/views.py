@@ -133,16 +133,17 @@ class EpochPlan:
                    batch_size=int(t["batch_size"]))
 
 
-def cutmix_box(lam: float, size: int) -> tuple[tuple[int, int, int, int], float]:
+def cutmix_box(lam: float, size: int, generator: torch.Generator | None = None
+               ) -> tuple[tuple[int, int, int, int], float]:
     """CutMix box for coefficient ``lam`` in a ``size x size`` view (Yun et al. 2019, as in FKD/SRe2L):
     side ``size * sqrt(1 - lam)`` around a uniform random centre, clipped to the view.
-    Uses the global torch RNG.
+    Uses ``generator`` (CPU), or the global torch RNG when it is ``None``.
 
     Returns:
         ``((top, left, height, width), adjusted lam = 1 - box area / view area)``.
     """
     cut = int(size * math.sqrt(1.0 - lam))
-    cy, cx = torch.randint(0, size, (2,)).tolist()
+    cy, cx = torch.randint(0, size, (2,), generator=generator).tolist()
     top, bottom = max(cy - cut // 2, 0), min(cy + cut // 2, size)
     left, right = max(cx - cut // 2, 0), min(cx + cut // 2, size)
     h, w = bottom - top, right - left
@@ -225,6 +226,32 @@ def mix_views(own: torch.Tensor, other: torch.Tensor, lam: float, mix_box: torch
     if mix_type == "mixup":
         return lam * own + (1.0 - lam) * other
     return own
+
+
+def cutmix_batch(x: torch.Tensor, prob: float, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix of a whole batch with probability ``prob`` (IDC/DANCE's training: one
+    decision, one lambda ~ U(0, 1) = Beta(1, 1), one box and a random partner
+    permutation per batch).
+
+    Args:
+        x: ``[B, C, S, S]`` float views.
+        prob: probability of mixing this batch; 0 draws nothing from ``generator``
+            (so a run without CutMix is unchanged).
+        generator: CPU source of the decision, lambda, partners and box.
+
+    Returns:
+        ``(views [B, C, S, S], partner [B] int64, lam)`` where ``lam`` is the share of
+        each view's own label (1 - pasted area; 1.0 and the identity partner when
+        the batch is not mixed).
+    """
+    n = x.shape[0]
+    if prob <= 0 or float(torch.rand(1, generator=generator)) >= prob:
+        return x, torch.arange(n), 1.0
+    lam = float(torch.rand(1, generator=generator))
+    partner = torch.randperm(n, generator=generator)
+    box, lam = cutmix_box(lam, x.shape[-1], generator)
+    return mix_views(x, x[partner.to(x.device)], lam, torch.tensor(box), "cutmix"), partner, lam
 
 
 class DrawnEpochs:

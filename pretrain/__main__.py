@@ -6,6 +6,8 @@ resolved arguments), ``OUT/metrics.jsonl`` (one line per epoch),
 ``OUT/manifest.json``. Re-running a killed run with the same command resumes
 from ``last.pt``. ``--stats-only --teacher CKPT`` skips training and computes
 the statistics of an existing checkpoint (ours or a plain torchvision state dict).
+``--experts N`` trains N experts for DANCE instead (:mod:`pretrain.experts`:
+``OUT/experts.pt``, the paper's settings as defaults).
 Under ``torchrun`` training uses DDP and the statistics are summed over ranks.
 """
 
@@ -24,12 +26,14 @@ from common.datasets import dataset_names, resolve_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
 from common.loaders import eval_loader, seed_epoch, train_loader
-from common.manifest import finished_with_same_args, run_arguments, write_manifest
+from common.dsa import DSAParams
+from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, unwrap
 from common.transforms import eval_transform, train_transform
 from models import create_model, model_names, parse_model_kwargs
 from models.bn_stats import compute_bn_statistics
 from models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
+from pretrain.experts import EXPERT_DEFAULTS, EXPERT_ONLY, train_experts
 from pretrain.loop import train_one_epoch
 
 log = logging.getLogger("wmdd.pretrain")
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.025)
     p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"])
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "none"])
+    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "multistep", "none"])
     p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
     p.add_argument("--train-per-class", type=int, help="use a seeded choice of N train images per class")
     p.add_argument("--val-per-class", type=int, help="use a seeded choice of N val images per class")
@@ -60,7 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-only", action="store_true",
                    help="no training: compute the BN statistics of --teacher")
     p.add_argument("--teacher", help="with --stats-only: a teacher.pt or a plain (torchvision) state dict")
+    p.add_argument("--experts", type=int, help="train N DANCE experts (initial and final weights in experts.pt) "
+                                               "instead of a teacher; defaults become convnet_in, 60 epochs, "
+                                               "batch 64, SGD lr 0.01 wd 5e-4, multistep, DSA color_crop, "
+                                               "CutMix 0.5")
+    p.add_argument("--dsa-strategy", help="with --experts: DSA families applied in turn to every batch [color_crop]")
+    p.add_argument("--cutmix-prob", type=float, help="with --experts: probability of CutMix per batch [0.5]")
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse with ``--experts``'s defaults (:data:`pretrain.experts.EXPERT_DEFAULTS`) when it is
+    given: command line > YAML > those defaults > the teacher's defaults."""
+    parser = build_parser()
+    if parser.parse_known_args(argv)[0].experts is not None:
+        parser.set_defaults(**EXPERT_DEFAULTS)
+    return parse_with_config(parser, argv, "pretrain")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -75,6 +94,18 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.experts is None:
+        given = [k for k in EXPERT_ONLY if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is an option of --experts N; drop it")
+        return
+    if args.experts < 1:
+        raise UserError(f"--experts {args.experts}: the number of experts must be >= 1")
+    if args.stats_only:
+        raise UserError("--experts and --stats-only are alternatives; pass one")
+    if not 0 <= args.cutmix_prob <= 1:
+        raise UserError(f"--cutmix-prob {args.cutmix_prob}: a probability must be in [0, 1]")
+    DSAParams(strategy=args.dsa_strategy)
 
 
 def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
@@ -103,14 +134,23 @@ def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_config(build_parser(), argv, "pretrain")
+    args = parse_args(argv)
     _check_args(args)
     model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
     out = Path(args.output_dir)
-    run_args = run_arguments(args, RESUME_IGNORES)
+    run_args = run_arguments(args, RESUME_IGNORES + (() if args.experts else EXPERT_ONLY))
     if finished_with_same_args(out, "pretrain", run_args):
         return 0
     ctx = setup(args.device)
+    if args.experts:
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            record_run_args(out, "pretrain", run_args)
+            save_resolved_config(args, out / "config.yaml")
+        ctx.barrier()
+        train_experts(args, ctx, out, run_args)
+        ctx.barrier()
+        return 0
 
     name, size = args.model, args.input_size
     state_dict = None

@@ -3,8 +3,10 @@
 Methods (``--method``, :mod:`recover.methods`): ``wmdd`` (barycenter feature
 matching + per-class BN, no CE; WMDD Eq. 5-7), ``sre2l`` (CE + global BN),
 ``random-real`` (IPC seeded real images per class), ``dm`` (distribution
-matching with random networks and DSA) and ``ddm`` (DM + style matching +
-intra-class diversity). ``python -m recover --help`` lists each method's options.
+matching with random networks and DSA), ``ddm`` (DM + style matching +
+intra-class diversity) and ``dance`` (middle encoders of pretrained experts,
+expert calibration, multi-formation; needs ``--experts``). ``python -m recover
+--help`` lists each method's options.
 
 Writes ``OUT/images/<class>/<i>.png``, ``sample_weights.csv``, ``grid.png``,
 ``metrics.jsonl``, ``barycenters.pt`` (methods that use barycenters) and,
@@ -31,6 +33,7 @@ from common.io import atomic_torch_save, atomic_write_json, torch_load
 from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from common.training import derive_seed
 from common.transforms import eval_transform, pixel_bounds
+from models.experts import load_experts
 from models.teacher import Teacher, check_classes, load_teacher
 from recover.barycenter import class_barycenter
 from recover.batches import class_batches, marker_path, real_choice
@@ -75,13 +78,16 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
     return saved
 
 
-def load_inputs(args, needs: frozenset[str], ctx: DistContext) -> tuple[Teacher | None, Resources]:
-    """The teacher (when given), dataset spec, input size and real train split.
+def load_inputs(args, needs: frozenset[str], ctx: DistContext,
+                real_per_image: int = 1) -> tuple[Teacher | None, Resources]:
+    """The teacher (when given), dataset spec, input size, real train split and the
+    experts (when needed).
 
     Raises:
         UserError: teacher and ``--dataset``/``--input-size`` disagree, the class
-            folders differ from the teacher's, or a class has fewer than IPC images
-            where real images or barycenters need them.
+            folders differ from the teacher's, the experts file is missing, corrupt
+            or from another dataset, or a class has fewer than IPC (x
+            ``real_per_image``) images where real images or barycenters need them.
     """
     teacher = None
     if args.teacher:
@@ -98,15 +104,21 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext) -> tuple[Teacher 
     dataset = image_folder(train, eval_transform(spec, size), per_class=args.train_per_class, seed=args.seed)
     if teacher is not None:
         check_classes(teacher, dataset.classes, str(train))
+    experts = None
+    if "experts" in needs:
+        experts = load_experts(args.experts)
+        experts.check_data(dataset.classes, size, str(train))
     if needs & {"real_init", "barycenters"}:
         counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(dataset.classes))
         small = int(counts.argmin())
-        if counts[small] < args.ipc:
-            raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than --ipc "
-                            f"{args.ipc} (needed by {'real images' if 'real_init' in needs else 'the barycenter'}); "
+        wanted = args.ipc * (real_per_image if "real_init" in needs else 1)
+        if counts[small] < wanted:
+            what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if wanted != args.ipc else "")
+            raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than {what} "
+                            f"(needed by {'real images' if 'real_init' in needs else 'the barycenter'}); "
                             "lower --ipc")
     return teacher, Resources(args=args, spec=spec, input_size=size, classes=list(dataset.classes),
-                              dataset=dataset, device=ctx.device, teacher=teacher)
+                              dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 
 
 def run_batch(args, b: int, classes: list[int], method: RecoverMethod, real: dict[int, list[int]],
@@ -117,7 +129,7 @@ def run_batch(args, b: int, classes: list[int], method: RecoverMethod, real: dic
     start = time.perf_counter()
     curve: list[dict] = []
     if args.init == "real":
-        images = torch.stack([res.dataset[i][0] for c in classes for i in real[c]])
+        images = method.initial_images(torch.stack([res.dataset[i][0] for c in classes for i in real[c]]))
     else:
         images = torch.randn(len(classes) * args.ipc, 3, res.input_size, res.input_size)
     objective = method.batch_objective(classes, b)
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ctx = setup(args.device)
     needs = cls.needs(args) | ({"real_init"} if args.init == "real" else frozenset())
-    teacher, res = load_inputs(args, needs, ctx)
+    teacher, res = load_inputs(args, needs, ctx, cls.real_per_image(args))
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         record_run_args(out, "recover", run_args)
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             res.barycenters = compute_barycenters(args, teacher, res.dataset, ctx, out)
         ctx.barrier()
         res.barycenters = res.barycenters or torch_load(out / "barycenters.pt", "barycenters")
-    real = real_choice(res.dataset, args.ipc, args.seed) if "real_init" in needs else {}
+    real = real_choice(res.dataset, args.ipc * cls.real_per_image(args), args.seed) if "real_init" in needs else {}
     config = SynthesisConfig(iterations=args.iterations, lr=args.lr, optimisation=cls.optimisation(args),
                              log_every=args.log_every) if cls.optimizes else None
     batches = class_batches(len(res.classes), args.ipc, args.batch_size)
@@ -194,10 +206,10 @@ def finish(args, method: RecoverMethod, batches: list[list[int]], out: Path, run
         outputs.append("barycenters.pt")
         extra["barycenter"] = {"solver": bary["solver"], "mean_w2_squared": float(bary["objective"].mean()),
                                "seconds_per_class": float(bary["seconds"].mean())}
-    teacher = res.teacher
+    teacher, experts = res.teacher, res.experts
+    inputs = {**({"teacher": teacher.path} if teacher else {}), **({"experts": experts.path} if experts else {})}
     write_manifest(out, stage="recover", args=run_args, outputs=outputs, dataset=res.spec.to_dict(),
-                   classes=res.classes, model=teacher.name if teacher else None,
-                   inputs={"teacher": teacher.path} if teacher else {}, extra=extra)
+                   classes=res.classes, model=teacher.name if teacher else None, inputs=inputs, extra=extra)
     log.info("wrote %d images to %s and %s", extra["num_images"], out / "images", out / "grid.png")
 
 

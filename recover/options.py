@@ -31,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100,
                    help="images per optimisation batch (batch-size // ipc classes per batch)")
     p.add_argument("--iterations", "--iteration", dest="iterations", type=int,
-                   help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000]")
+                   help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000; dance 10000]")
     p.add_argument("--lr", type=float, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
-                                            "dm, ddm 1.0 (SGD)]")
+                                            "dm, ddm 1.0 (SGD); dance 0.01 x IPC (SGD, [0, 1] pixel units)]")
     p.add_argument("--init", choices=["noise", "real"],
                    help="N(0,1) noise in normalised space, or seeded real images of the class "
-                        "[wmdd, sre2l noise; dm, ddm, random-real real]")
+                        "[wmdd, sre2l noise; dm, ddm, dance, random-real real]")
     p.add_argument("--train-per-class", type=int, help="use a seeded choice of N real images per class")
     p.add_argument("--log-every", type=int, default=50, help="iterations between loss records")
     add_method_arguments(p)

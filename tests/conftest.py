@@ -60,3 +60,17 @@ def tiny_teacher(tmp_path_factory, cifar_root) -> Path:
                       "--epochs", 2, "--batch-size", 32, "--output-dir", out, "--workers", 0)
     (out.parent / "pretrain.log").write_text(proc.stderr)
     return out
+
+
+#: ``python -m pretrain --experts`` reduced for CPU tests: 1 epoch (paper: 60) on the
+#: 20-per-class subset, batch 32 (paper: 64); everything else is the paper's.
+EXPERT_FLAGS = ["--dataset", "cifar10", "--experts", "2", "--epochs", "1", "--batch-size", "32", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def experts(tmp_path_factory, cifar_root) -> Path:
+    """Two DANCE experts (convnet_in, 1 epoch) on the CIFAR-10 subset (pretrain output directory)."""
+    out = tmp_path_factory.mktemp("experts") / "pretrain"
+    run_module("pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out,
+               env={"OMP_NUM_THREADS": "1"})
+    return out

@@ -25,7 +25,8 @@ from tests.conftest import REPO, run_module, torchrun
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 #: Per method: IPC 2, 2 classes per batch (5 batches), a few iterations.
 SMALL = ["--ipc", "2", "--batch-size", "4", "--iterations", "4", "--log-every", "2"]
-METHOD_FLAGS = {"dm": ["--batch-real", "8"], "ddm": ["--batch-real", "8"]}
+METHOD_FLAGS = {"dm": ["--batch-real", "8"], "ddm": ["--batch-real", "8"],
+                "dance": ["--batch-real", "8", "--num-experts", "2"]}
 
 
 def _recover(teacher, root, out, *extra, check=True, env=None):
@@ -33,8 +34,10 @@ def _recover(teacher, root, out, *extra, check=True, env=None):
                       *extra, check=check, env=env)
 
 
-def _args(method):
-    return ["--method", method, *SMALL, *METHOD_FLAGS.get(method, [])]
+def _args(method, experts=None):
+    """The flags of ``method``'s small run; ``experts``: the experts directory (dance)."""
+    own = ["--experts", str(experts)] if method == "dance" else []
+    return ["--method", method, *SMALL, *METHOD_FLAGS.get(method, []), *own]
 
 
 def _pngs(out, classes):
@@ -47,18 +50,19 @@ def _same_images(a, b, classes):
 
 
 def test_every_shipped_method_is_registered():
-    assert {"wmdd", "sre2l", "random-real", "dm", "ddm"} <= set(method_names())
+    assert {"wmdd", "sre2l", "random-real", "dm", "ddm", "dance"} <= set(method_names())
 
 
 @pytest.fixture(scope="module", params=method_names())
 def method_run(request, tiny_teacher, cifar_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("methods") / request.param
-    _recover(tiny_teacher, cifar_root, out, *_args(request.param), env=ONE_THREAD)
-    return request.param, out
+    flags = _args(request.param, request.getfixturevalue("experts") if request.param == "dance" else None)
+    _recover(tiny_teacher, cifar_root, out, *flags, env=ONE_THREAD)
+    return request.param, out, flags
 
 
 def test_method_writes_images_grid_and_manifest(method_run, tiny_teacher):
-    method, out = method_run
+    method, out, _ = method_run
     classes = load_teacher(tiny_teacher).classes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == method and manifest["num_images"] == 20 and manifest["classes"] == classes
@@ -74,10 +78,10 @@ def test_method_writes_images_grid_and_manifest(method_run, tiny_teacher):
 
 
 def test_method_resumes_after_sigkill_with_identical_images(method_run, tiny_teacher, cifar_root, tmp_path):
-    method, full = method_run
+    method, full, flags = method_run
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "recover", "--teacher", str(tiny_teacher), "--data-path", str(cifar_root),
-           "--output-dir", str(out), "--workers", "0", *_args(method)]
+           "--output-dir", str(out), "--workers", "0", *flags]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -88,16 +92,16 @@ def test_method_resumes_after_sigkill_with_identical_images(method_run, tiny_tea
     if (out / "manifest.json").exists():
         pytest.skip(f"{method} finished before it could be killed")
     done = len(list((out / "progress").glob("batch_*.json")))
-    resumed = _recover(tiny_teacher, cifar_root, out, *_args(method), env=ONE_THREAD)
+    resumed = _recover(tiny_teacher, cifar_root, out, *flags, env=ONE_THREAD)
     assert f"({5 - done} to do on this rank)" in resumed.stderr
     _same_images(full, out, load_teacher(tiny_teacher).classes)
 
 
 def test_method_under_two_rank_torchrun_equals_one_rank(method_run, tiny_teacher, cifar_root, tmp_path):
-    method, full = method_run
+    method, full, flags = method_run
     out = tmp_path / "ddp"
     torchrun(2, "recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
-             "--workers", "0", *_args(method))
+             "--workers", "0", *flags)
     assert (out / "manifest.json").exists()
     _same_images(full, out, load_teacher(tiny_teacher).classes)
 

@@ -21,11 +21,15 @@ from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
 from common.errors import UserError
+from common.io import read_json
 from common.loaders import seed_epoch, train_loader
+from common.manifest import MANIFEST
+from common.multiformation import decode
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
 from common.transforms import eval_transform, train_transform
-from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
+from common.views import (MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, cutmix_batch, image_sizes,
+                          planned_loader)
 from models import model_names
 from models.teacher import Teacher, load_teacher, teacher_sha256
 from train.data import ImageSet, load_image_set, load_sample_weights, relabelled
@@ -34,13 +38,21 @@ from train.pseudo_labels import parse_pseudo_label_csv, summarize
 
 log = logging.getLogger("wmdd.train")
 
-#: Option values each protocol sets unless the command line or the YAML gives them
-#: (DM, Zhao & Bilen 2023: evaluation of distilled sets on the ConvNet, hard labels, DSA).
+#: Option values each protocol sets unless the command line or the YAML gives them.
+#: dsa: DM (Zhao & Bilen 2023): distilled sets on the ConvNet, hard labels, DSA.
+#: dance: DANCE (Zhang et al. 2024; IDC's evaluation): the dsa protocol with CutMix
+#: (p 0.5), multi-formation decoding (factor 2), batch 64, 1,500 epochs, lr x0.2 at
+#: 2/3 and 5/6, and no cutout in DSA (the authors drop it when CutMix is on).
 PROTOCOLS: dict[str, dict] = {
     "fkd": {},
     "dsa": {"model": "convnet_in", "opt": "sgd", "lr": 0.01, "momentum": 0.9, "wd": 5e-4, "lr_scheduler": "half",
             "batch_size": 256, "epochs": 1000},
 }
+PROTOCOLS["dance"] = {**PROTOCOLS["dsa"], "epochs": 1500, "batch_size": 64, "lr_scheduler": "multistep",
+                      "cutmix_prob": 0.5, "factor": 2, "dsa_strategy": "color_crop_flip_scale_rotate"}
+
+#: Protocols trained by the DSA path (:meth:`StudentRun.dsa_epoch`).
+DSA_PROTOCOLS = ("dsa", "dance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation protocol: fkd = the decoupled (SRe2L/WMDD) protocol, soft labels or "
                         "--hard-labels on recorded views; dsa = the DM family's: hard labels, DSA on every batch, "
                         "convnet_in, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half the epochs, batch 256, "
-                        "1,000 epochs (each explicitly given option still wins)")
-    p.add_argument("--dsa-strategy", default=DEFAULT_STRATEGY, help="DSA transform families (--protocol dsa)")
+                        "1,000 epochs; dance = dsa + CutMix 0.5, --factor 2, batch 64, 1,500 epochs, lr x0.2 at 2/3 "
+                        "and 5/6, DSA without cutout (each explicitly given option still wins)")
+    p.add_argument("--dsa-strategy", default=DEFAULT_STRATEGY, help="DSA transform families (--protocol dsa, dance)")
+    p.add_argument("--cutmix-prob", type=float, default=0.0,
+                   help="--protocol dsa/dance: probability of CutMix per batch, after DSA (dance: 0.5)")
+    p.add_argument("--factor", type=int, default=1,
+                   help="--protocol dsa/dance: multi-formation factor of the stored images; each decodes into "
+                        "factor^2 training images (dance: 2)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
     p.add_argument("--soft-labels", help="relabel output directory")
     p.add_argument("--online-teacher", help="teacher directory: label views on the fly")
@@ -74,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--wd", type=float, default=0.01, help="weight decay")
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "half", "none"])
+    p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "half", "multistep", "none"])
     p.add_argument("--cos", dest="lr_scheduler", action="store_const", const="cosine",
                    help="cosine schedule (WMDD's spelling)")
     p.add_argument("--input-size", type=int, help="view side in pixels (default: recorded / teacher / dataset)")
@@ -102,6 +120,13 @@ def training_mode(args) -> str:
             raise UserError(f"--{name.replace('_', '-')} is required")
     if args.epochs < 1 or args.batch_size < 1 or args.val_every < 1:
         raise UserError("--epochs, --batch-size and --val-every must be >= 1")
+    if args.protocol not in DSA_PROTOCOLS and (args.cutmix_prob or args.factor != 1):
+        raise UserError("--cutmix-prob and --factor are options of --protocol dsa or dance; drop them or pick "
+                        "one of those protocols")
+    if not 0 <= args.cutmix_prob <= 1:
+        raise UserError(f"--cutmix-prob {args.cutmix_prob}: a probability must be in [0, 1]")
+    if args.factor < 1:
+        raise UserError(f"--factor {args.factor}: the multi-formation factor must be >= 1")
     if args.train_dir:
         if args.images or args.soft_labels:
             raise UserError("--train-dir trains on real images: drop --images/--soft-labels")
@@ -114,10 +139,10 @@ def training_mode(args) -> str:
         raise UserError("--pseudo-label-csv needs --train-dir REAL_ROOT/train")
     if not args.images:
         raise UserError("pass --images DIR (distilled images) or --train-dir DIR (a real train split)")
-    if args.protocol == "dsa":
+    if args.protocol in DSA_PROTOCOLS:
         if args.soft_labels or args.online_teacher:
-            raise UserError("--protocol dsa trains on hard (folder) labels; drop --soft-labels/--online-teacher "
-                            "or use --protocol fkd")
+            raise UserError(f"--protocol {args.protocol} trains on hard (folder) labels; drop "
+                            "--soft-labels/--online-teacher or use --protocol fkd")
         DSAParams(strategy=args.dsa_strategy)
         return "dsa"
     chosen = [m for m, on in (("soft", bool(args.soft_labels)), ("online", bool(args.online_teacher)),
@@ -125,6 +150,23 @@ def training_mode(args) -> str:
     if len(chosen) != 1:
         raise UserError("pass exactly one of --soft-labels DIR, --online-teacher DIR, --hard-labels")
     return chosen[0]
+
+
+def _check_factor(images: Path, factor: int) -> None:
+    """Refuse a ``--factor`` other than the one recorded by the recover run that wrote
+    ``images`` (its ``manifest.json`` next to the folder; 1 when it records none).
+    Sets without a recover manifest are not checked.
+
+    Raises:
+        UserError: the factors differ (names both and the fix).
+    """
+    manifest = images.parent / MANIFEST
+    if not manifest.is_file():
+        return
+    recorded = read_json(manifest, "recover manifest").get("factor", 1)
+    if recorded != factor:
+        raise UserError(f"{images}: stored with multi-formation factor {recorded} ({manifest}), trained with "
+                        f"--factor {factor}; pass --factor {recorded}")
 
 
 class StudentRun:
@@ -194,8 +236,10 @@ class StudentRun:
         self._load_weights()
 
     def _setup_dsa(self) -> None:
-        """``--protocol dsa``: the distilled images in memory (normalised ``[N, 3, S, S]``
-        float32), folder labels and per-image weights."""
+        """``--protocol dsa``/``dance``: the distilled images in memory, decoded when
+        ``--factor`` > 1 (:func:`common.multiformation.decode`: normalised
+        ``[N * factor**2, 3, S, S]`` float32), with each stored image's folder label and
+        weight repeated for its decoded images."""
         args = self.args
         given = [k for k in ("min_scale_crops", "max_scale_crops", "mix_type", "mix_alpha")
                  if getattr(args, k) is not None]
@@ -207,9 +251,14 @@ class StudentRun:
         self.spec = self._spec_from_args()
         self.input_size = args.input_size or self.spec.image_size
         transform = eval_transform(self.spec, self.input_size)
-        self.pixels = torch.stack([transform(load_image(str(p))) for p in self.images.paths])
+        _check_factor(self.images.root, args.factor)
+        tiles = args.factor ** 2
+        self.pixels = decode(torch.stack([transform(load_image(str(p))) for p in self.images.paths]), args.factor)
+        self.labels = self.images.labels.repeat_interleave(tiles)
         self.dsa = DSAParams(strategy=args.dsa_strategy)
         self._load_weights()
+        if self.weights is not None:
+            self.weights = self.weights.repeat_interleave(tiles)
 
     def _load_weights(self) -> None:
         args = self.args
@@ -220,17 +269,21 @@ class StudentRun:
                      float(self.weights.max()))
 
     def dsa_epoch(self, epoch: int):
-        """The batches of one ``--protocol dsa`` epoch: a seeded permutation of the images
-        cut into ``--batch-size`` batches, each augmented by one per-image DSA draw
-        (:func:`common.dsa.augment`) and split over the ranks (rank r takes positions
-        r, r+W, ...). Yields ``{"views" [n_r, 3, S, S], "index" [n_r] int64, "batch_len"}``."""
+        """The batches of one ``--protocol dsa``/``dance`` epoch: a seeded permutation of the
+        (decoded) images cut into ``--batch-size`` batches, each augmented by one
+        per-image DSA draw (:func:`common.dsa.augment`), then mixed by CutMix with
+        probability ``--cutmix-prob`` (:func:`common.views.cutmix_batch`; 0 draws
+        nothing), and split over the ranks (rank r takes positions r, r+W, ...).
+        Yields ``{"views" [n_r, 3, S, S], "index" [n_r] int64, "other" [n_r] int64
+        (the CutMix partner's image), "lam" (own-label share), "batch_len"}``."""
         args, ctx = self.args, self.ctx
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa-epoch", epoch))
         order = torch.randperm(len(self.pixels), generator=generator)
         for index in order.split(args.batch_size):
             views = augment(self.pixels[index], self.dsa, generator)
+            views, partner, lam = cutmix_batch(views, args.cutmix_prob, generator)
             yield {"views": views[ctx.rank::ctx.world_size], "index": index[ctx.rank::ctx.world_size],
-                   "batch_len": len(index)}
+                   "other": index[partner][ctx.rank::ctx.world_size], "lam": lam, "batch_len": len(index)}
 
     def _setup_real(self) -> None:
         args = self.args
@@ -284,12 +337,14 @@ class StudentRun:
         if int(batch["batch_len"]) < self.ctx.world_size:
             return None, 0
         if self.mode == "dsa":
-            index = batch["index"]
+            index, other, lam = batch["index"], batch["other"], batch["lam"]
             out = self._forward(model, batch["views"].to(dev))
-            ce = nn.functional.cross_entropy(out.float(), self.images.labels[index].to(dev), reduction="none")
+            weights = None
             if self.weights is not None:
-                ce = ce * self.weights[index].to(dev)
-            return ce.mean(), len(index)
+                weights = (lam * self.weights[index] + (1 - lam) * self.weights[other]).to(dev)
+            loss = mixed_cross_entropy(out, self.labels[index].to(dev), self.labels[other].to(dev),
+                                       torch.full((len(index),), lam, device=dev), weights)
+            return loss, len(index)
         views = batch["views"].to(dev, non_blocking=True)
         own, other = batch["own"], batch["other"]
         lam = batch["lam"].expand(len(own))

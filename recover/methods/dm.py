@@ -40,8 +40,35 @@ def reinitialise(net: nn.Module) -> None:
             module.reset_parameters()
 
 
+class MatchingMethod(RecoverMethod):
+    """Options and optimiser shared by the distribution-matching family (DM, DDM,
+    DANCE): ``--batch-real``, ``--dsa-strategy``, ``--momentum``; SGD with a constant
+    learning rate. Not registered itself."""
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--batch-real", type=int, help="real images per class and iteration "
+                                                          "[dm, ddm 256; dance 128]")
+        group.add_argument("--dsa-strategy", help="DSA transform families, '_'-separated "
+                                                  f"[dm, ddm {DEFAULT_STRATEGY}, one per draw; dance "
+                                                  "color_crop_cutout, all in turn]")
+        group.add_argument("--momentum", type=float, help="SGD momentum on the pixels [0.5]")
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        if args.batch_real < 1:
+            raise UserError(f"--batch-real {args.batch_real}: must be >= 1")
+        if not 0 <= args.momentum < 1:
+            raise UserError(f"--momentum {args.momentum}: must be in [0, 1)")
+        DSAParams(strategy=args.dsa_strategy)
+
+    @classmethod
+    def optimisation(cls, args: argparse.Namespace) -> Optimisation:
+        return Optimisation(optimizer="sgd", momentum=args.momentum, schedule="constant")
+
+
 @register_method
-class DM(RecoverMethod):
+class DM(MatchingMethod):
     """``--method dm`` (see the module docstring)."""
 
     name = "dm"
@@ -51,30 +78,18 @@ class DM(RecoverMethod):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--batch-real", type=int, help="real images per class and iteration [256]")
-        group.add_argument("--dsa-strategy",
-                           help=f"DSA transform families, '_'-separated; one per draw [{DEFAULT_STRATEGY}]")
-        group.add_argument("--momentum", type=float, help="SGD momentum on the pixels [0.5]")
         group.add_argument("--net", help=f"randomly initialised embedding network ({', '.join(model_names())}) "
                                          "[convnet_in]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
-        if args.batch_real < 1:
-            raise UserError(f"--batch-real {args.batch_real}: must be >= 1")
-        if not 0 <= args.momentum < 1:
-            raise UserError(f"--momentum {args.momentum}: must be in [0, 1)")
+        super().check(args)
         if args.net not in model_names():
             raise UserError(f"--net {args.net!r}: registered models are {', '.join(model_names())}")
-        DSAParams(strategy=args.dsa_strategy)
 
     @classmethod
     def needs(cls, args: argparse.Namespace) -> frozenset[str]:
         return frozenset({"real_batches", "random_networks"})
-
-    @classmethod
-    def optimisation(cls, args: argparse.Namespace) -> Optimisation:
-        return Optimisation(optimizer="sgd", momentum=args.momentum, schedule="constant")
 
     def __init__(self, resources: Resources):
         super().__init__(resources)

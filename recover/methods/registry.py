@@ -58,6 +58,7 @@ class Resources:
         device: where the optimisation runs.
         teacher: :class:`models.teacher.Teacher` or ``None``.
         barycenters: the ``barycenters.pt`` dict (``support [K, ipc, D]``, ``weights``) or ``None``.
+        experts: :class:`models.experts.Experts` (checked against the classes and input size) or ``None``.
     """
 
     args: argparse.Namespace
@@ -68,6 +69,7 @@ class Resources:
     device: torch.device
     teacher: Any = None
     barycenters: dict | None = None
+    experts: Any = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,19 @@ class RecoverMethod:
         """Optimiser, schedule and clipping of the shared loop."""
         return Optimisation()
 
+    @classmethod
+    def real_per_image(cls, args: argparse.Namespace) -> int:
+        """Seeded real images per stored image that ``--init real`` draws (1; DANCE's
+        multi-formation: ``factor**2``)."""
+        return 1
+
     def __init__(self, resources: Resources):
         self.res = resources
+
+    def initial_images(self, real: torch.Tensor) -> torch.Tensor:
+        """The stored initial images of a class batch from its seeded real images
+        ``[G * ipc * real_per_image, 3, S, S]`` (class-major): the real images themselves."""
+        return real
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective | None:
         """The per-iteration loss of the class batch ``classes`` (batch index ``batch``),
