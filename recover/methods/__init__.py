@@ -3,9 +3,10 @@
 Importing this package registers every shipped method.
 """
 
-from recover.methods import ddm, dm, random_real, sre2l, wmdd
+from recover.methods import ddm, dm, medoids, random_real, sre2l, wmdd
 from recover.methods.registry import (NEEDS, Optimisation, RecoverMethod, Resources, add_method_arguments,
                                       get_method, method_names, register_method, resolve_method_args)
 
 __all__ = ["NEEDS", "Optimisation", "RecoverMethod", "Resources", "add_method_arguments", "get_method",
-           "method_names", "register_method", "resolve_method_args", "ddm", "dm", "random_real", "sre2l", "wmdd"]
+           "method_names", "register_method", "resolve_method_args", "ddm", "dm", "medoids", "random_real", "sre2l",
+           "wmdd"]
