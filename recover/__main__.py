@@ -10,8 +10,8 @@ intra-class diversity). ``python -m recover --help`` lists each method's options
 Writes ``OUT/images/<class>/<i>.png``, ``sample_weights.csv``, ``grid.png``,
 ``metrics.jsonl``, ``barycenters.pt`` (methods that use barycenters),
 ``sources.csv`` (the real image each synthetic image started from, with ``--init
-real`` or ``medoid``) and, last, ``manifest.json``. A killed run re-run with the same command skips
-finished class batches; ``torchrun`` shards class batches over ranks.
+real`` or ``medoid``) and, last, ``manifest.json``. A killed run re-run with the
+same command skips finished class batches; ``torchrun`` shards class batches over ranks.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
         weights.append(torch.from_numpy(bary.weights).float())
         objectives.append(bary.objective)
     saved = {"key": key, "classes": teacher.classes, "support": torch.stack(supports),
-             "weights": torch.stack(weights), "medoids": torch.stack(medoids), "objective": torch.tensor(objectives, dtype=torch.float64),
+             "weights": torch.stack(weights), "medoids": torch.stack(medoids),
+             "objective": torch.tensor(objectives, dtype=torch.float64),
              "seconds": torch.tensor(seconds, dtype=torch.float64),
              "solver": "kmeans" if args.weight_wb else args.barycenter_solver}
     atomic_torch_save(saved, path)
