@@ -47,7 +47,8 @@ Long options:
   --batch-size N                    relabel/train batch size (default: min(100, distilled images))
   --pretrain-args "..."             extra flags for python -m pretrain (likewise --recover-args,
                                     --relabel-args, --train-args), e.g. --train-args "--val-every 50"
-  --demo                            digits demo: WMDD and random-real at IPC 10, then a table
+  --demo                            digits demo: WMDD and random-real at IPC 10, then the fair-score
+                                    table (WMDD's top-1 minus random real's, same soft labels)
   -h, --help                        this message
 Outputs: runs/<dataset>/<ID>/train/results.json and one row per run in <out>/results.csv.
 A finished stage (manifest present, same arguments) is skipped, so a killed run.sh resumes.
@@ -235,7 +236,8 @@ if [[ "$DEMO" == 1 ]]; then
   PRETRAIN=0
   run_experiment demo-random-real random-real 0 0
   echo
-  "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" demo-wmdd demo-random-real
+  "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" --baseline demo-random-real \
+    demo-wmdd demo-random-real
   echo "synthetic images: $OUT/$DATASET/demo-wmdd/recover/grid.png"
 else
   run_experiment "$EXP" "$METHOD" "$PCBN" "$WB"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The distillation table: random-real, SRe2L, WMDD with global BN and WMDD with per-class BN
-# (and any other registered method: dm, ddm), with identical relabel/train budgets, for each IPC
-# and seed, through run.sh; then the mean +- std table and plots (tools/plot_results). Finished
-# runs are skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol.
+# (and any other registered method: dm, ddm, medoids), with identical relabel/train budgets, for each
+# IPC and seed, through run.sh; random-real is always run (added to -m when missing), so the script
+# ends with the mean +- std table, plots (tools/plot_results) and the fair-score table
+# (tools/fair_scores: each method's improvement over random real, paired by seed). Finished runs are
+# skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol.
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
@@ -20,16 +22,19 @@ while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
   esac
 done
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,10p' "$0" >&2; exit 2; }
+[[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
+cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
 [[ "$PROTOCOL" == fkd ]] || SUFFIX="-$PROTOCOL"
 TMODEL=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" "$TEACHER/manifest.json")
 mkdir -p "$OUT/teachers/${DATASET}_${TMODEL}"
-ln -sfn "$(cd "$TEACHER" && pwd)" "$OUT/teachers/${DATASET}_${TMODEL}/bench"
+ln -sfn "$TEACHER" "$OUT/teachers/${DATASET}_${TMODEL}/bench"
 read -r -a extra <<<"$EXTRA"
 for ipc in $IPCS; do
   for seed in $SEEDS; do
@@ -49,3 +54,6 @@ for ipc in $IPCS; do
   done
 done
 "$PYTHON" -m tools.plot_results --csv "$OUT/results.csv" --out "$OUT/plots" --table
+echo
+echo "fair scores (vs random real: paired by seed, same teacher, labels and student budget):"
+"$PYTHON" -m tools.fair_scores --csv "$OUT/results.csv"

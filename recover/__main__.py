@@ -2,16 +2,18 @@
 
 Methods (``--method``, :mod:`recover.methods`): ``wmdd`` (barycenter feature
 matching + per-class BN, no CE; WMDD Eq. 5-7), ``sre2l`` (CE + global BN),
-``random-real`` (IPC seeded real images per class), ``dm`` (distribution
+``random-real`` (IPC seeded real images per class), ``medoids`` (the real images
+nearest one-to-one to the feature barycenter's support), ``dm`` (distribution
 matching with random networks and DSA), ``ddm`` (DM + style matching +
 intra-class diversity) and ``dance`` (middle encoders of pretrained experts,
 expert calibration, multi-formation; needs ``--experts``). ``python -m recover
 --help`` lists each method's options.
 
 Writes ``OUT/images/<class>/<i>.png``, ``sample_weights.csv``, ``grid.png``,
-``metrics.jsonl``, ``barycenters.pt`` (methods that use barycenters) and,
-last, ``manifest.json``. A killed run re-run with the same command skips
-finished class batches; ``torchrun`` shards class batches over ranks.
+``metrics.jsonl``, ``barycenters.pt`` (methods that use barycenters),
+``sources.csv`` (the real image each synthetic image started from, with ``--init
+real`` or ``medoid``) and, last, ``manifest.json``. A killed run re-run with the
+same command skips finished class batches; ``torchrun`` shards class batches over ranks.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from models.teacher import Teacher, check_classes, load_teacher
 from recover.barycenter import class_barycenter
 from recover.batches import class_batches, marker_path, real_choice
 from recover.features import cache_key, cached_features
-from recover.images import save_class_images, write_grid, write_sample_weights
+from recover.images import save_class_images, write_grid, write_sample_weights, write_sources
+from recover.medoids import medoid_assignment
 from recover.methods import RecoverMethod, Resources
+from recover.methods.registry import INITS
 from recover.options import build_parser, resolve_args
 from recover.synthesize import SynthesisConfig, synthesize
 
@@ -49,27 +53,38 @@ RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size")
 
 
 def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: Path) -> dict:
-    """Features (cached) and per-class barycenters, saved to ``barycenters.pt`` (rank 0)."""
+    """Features (cached), per-class barycenters and their medoids, saved to ``barycenters.pt`` (rank 0).
+
+    Returns:
+        The saved dict: ``support [K, ipc, D]`` and ``weights [K, ipc]`` float32,
+        ``medoids [K, ipc]`` int64 (the ``dataset`` sample index assigned to each
+        support point by :func:`recover.medoids.medoid_assignment`), ``objective``
+        and ``seconds [K]`` float64 (W2^2 and solver time per class), ``solver``, ``key``.
+    """
     path = out / "barycenters.pt"
     key = {**cache_key(teacher, dataset), "ipc": args.ipc, "solver": args.barycenter_solver,
            "weighted": args.weight_wb, "seed": args.seed}
     if path.exists():
         saved = torch_load(path, "barycenters")
-        if saved.get("key") == key:
+        if saved.get("key") == key and "medoids" in saved:
             return saved
     features, labels = cached_features(out / "features.pt", teacher, dataset, ctx.device,
                                        args.feature_batch_size, args.workers)
-    supports, weights, objectives, seconds = [], [], [], []
+    supports, weights, objectives, seconds, medoids = [], [], [], [], []
     for c in progress(range(len(teacher.classes)), "barycenters", ctx.is_main):
         start = time.perf_counter()
-        bary = class_barycenter(features[labels == c].double().numpy(), args.ipc, solver=args.barycenter_solver,
+        members = torch.nonzero(labels == c).flatten()
+        class_features = features[members].double().numpy()
+        bary = class_barycenter(class_features, args.ipc, solver=args.barycenter_solver,
                                 weighted=args.weight_wb, seed=derive_seed(args.seed, "barycenter", c) % 2**32)
         seconds.append(time.perf_counter() - start)
+        medoids.append(members[torch.from_numpy(medoid_assignment(class_features, bary.support))])
         supports.append(torch.from_numpy(bary.support).float())
         weights.append(torch.from_numpy(bary.weights).float())
         objectives.append(bary.objective)
     saved = {"key": key, "classes": teacher.classes, "support": torch.stack(supports),
-             "weights": torch.stack(weights), "objective": torch.tensor(objectives, dtype=torch.float64),
+             "weights": torch.stack(weights), "medoids": torch.stack(medoids),
+             "objective": torch.tensor(objectives, dtype=torch.float64),
              "seconds": torch.tensor(seconds, dtype=torch.float64),
              "solver": "kmeans" if args.weight_wb else args.barycenter_solver}
     atomic_torch_save(saved, path)
@@ -121,17 +136,22 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
                               dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 
 
-def run_batch(args, b: int, classes: list[int], method: RecoverMethod, real: dict[int, list[int]],
+def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: dict[int, list[int]],
               config: SynthesisConfig | None, out: Path) -> None:
-    """Synthesise (or copy) the images of class batch ``b`` and mark it done."""
+    """Synthesise (or copy) the images of class batch ``b`` and mark it done.
+
+    ``sources[c]`` lists the dataset sample indices that class ``c``'s images start
+    from (``--init real`` or ``medoid``; IPC of them, or IPC x tiles for DANCE's
+    multi-formation); with ``--init noise`` they start from N(0, 1).
+    """
     res = method.res
     torch.manual_seed(derive_seed(args.seed, "recover-batch", b))
     start = time.perf_counter()
     curve: list[dict] = []
-    if args.init == "real":
-        images = method.initial_images(torch.stack([res.dataset[i][0] for c in classes for i in real[c]]))
-    else:
+    if args.init == "noise":
         images = torch.randn(len(classes) * args.ipc, 3, res.input_size, res.input_size)
+    else:
+        images = method.initial_images(torch.stack([res.dataset[i][0] for c in classes for i in sources[c]]))
     objective = method.batch_objective(classes, b)
     if objective is not None:
         low, high = pixel_bounds(res.spec)
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if finished_with_same_args(out, "recover", run_args):
         return 0
     ctx = setup(args.device)
-    needs = cls.needs(args) | ({"real_init"} if args.init == "real" else frozenset())
+    needs = cls.needs(args) | INITS[args.init]
     teacher, res = load_inputs(args, needs, ctx, cls.real_per_image(args))
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             res.barycenters = compute_barycenters(args, teacher, res.dataset, ctx, out)
         ctx.barrier()
         res.barycenters = res.barycenters or torch_load(out / "barycenters.pt", "barycenters")
-    real = real_choice(res.dataset, args.ipc * cls.real_per_image(args), args.seed) if "real_init" in needs else {}
+    if "real_init" in needs:
+        sources = real_choice(res.dataset, args.ipc * cls.real_per_image(args), args.seed)
+    elif "medoid_init" in needs:
+        sources = {c: row.tolist() for c, row in enumerate(res.barycenters["medoids"])}
+    else:
+        sources = {}
     config = SynthesisConfig(iterations=args.iterations, lr=args.lr, optimisation=cls.optimisation(args),
                              log_every=args.log_every) if cls.optimizes else None
     batches = class_batches(len(res.classes), args.ipc, args.batch_size)
@@ -176,18 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     method = cls(res)
     try:
         for b in progress(todo, "class batches", ctx.is_main):
-            run_batch(args, b, batches[b], method, real, config, out)
+            run_batch(args, b, batches[b], method, sources, config, out)
     finally:
         method.close()
     ctx.barrier()
     if ctx.is_main:
-        finish(args, method, batches, out, run_args)
+        finish(args, method, batches, out, run_args, sources)
     ctx.barrier()
     return 0
 
 
-def finish(args, method: RecoverMethod, batches: list[list[int]], out: Path, run_args: dict) -> None:
-    """Merge per-batch records into ``metrics.jsonl``, write weights, grid and manifest (rank 0)."""
+def finish(args, method: RecoverMethod, batches: list[list[int]], out: Path, run_args: dict,
+           sources: dict[int, list[int]]) -> None:
+    """Merge per-batch records into ``metrics.jsonl``, write weights, grid, ``sources.csv``
+    (when the images started from real ones) and manifest (rank 0)."""
     res, bary = method.res, method.res.barycenters
     records = [json.loads(marker_path(out, b).read_text()) for b in range(len(batches))]
     lines = [json.dumps({"batch": r["batch"], "classes": r["classes"], **point})
@@ -197,6 +224,9 @@ def finish(args, method: RecoverMethod, batches: list[list[int]], out: Path, run
     write_sample_weights(out / "sample_weights.csv", res.classes, weights)
     write_grid(out / "images", res.classes, out / "grid.png")
     outputs = ["images", "sample_weights.csv", "grid.png", "metrics.jsonl", "config.yaml"]
+    if sources:
+        write_sources(out / "sources.csv", res.dataset, res.classes, sources, args.ipc)
+        outputs.append("sources.csv")
     extra = {"method": args.method, "ipc": args.ipc, "input_size": res.input_size,
              "num_images": args.ipc * len(res.classes), **method.manifest_fields(),
              "seconds": sum(r["seconds"] for r in records),

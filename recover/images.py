@@ -69,3 +69,24 @@ def write_sample_weights(path: Path, classes: list[str], weights: torch.Tensor) 
     rows = [{"image_path": f"{c}/{image_name(i)}", "weight": float(w[k, i])}
             for k, c in enumerate(classes) for i in range(w.shape[1])]
     atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())
+
+
+def write_sources(path: Path, dataset, classes: list[str], sources: dict[int, list[int]], ipc: int) -> None:
+    """``sources.csv``: the real train image each synthetic image started from.
+
+    Columns ``image_path`` (relative to ``images/``, e.g. ``cat/0001.png``) and
+    ``source_path`` (relative to the real train split ``dataset.root``). A stored image
+    made of several real images (multi-formation tiles, in tile order) has one row per tile.
+
+    Args:
+        dataset: the real train split (``samples`` of ``(path, class_index)``, ``root``).
+        classes: class folder names, class-index order.
+        sources: class index -> the ``dataset`` sample indices, in image order (``ipc``
+            of them, or ``ipc x tiles``).
+        ipc: stored images per class.
+    """
+    root = Path(dataset.root)
+    rows = [{"image_path": f"{classes[c]}/{image_name(i // (len(sources[c]) // ipc))}",
+             "source_path": Path(dataset.samples[s][0]).relative_to(root).as_posix()}
+            for c in sorted(sources) for i, s in enumerate(sources[c])]
+    atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())

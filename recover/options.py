@@ -10,7 +10,7 @@ from common.config import stage_parser
 from common.datasets import dataset_names
 from common.errors import UserError
 from recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
-from recover.methods.registry import RecoverMethod
+from recover.methods.registry import INITS, RecoverMethod
 
 DESCRIPTION = "python -m recover: synthesise IPC images per class with a registered method."
 
@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000; dance 10000]")
     p.add_argument("--lr", type=float, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
                                             "dm, ddm 1.0 (SGD); dance 0.01 x IPC (SGD, [0, 1] pixel units)]")
-    p.add_argument("--init", choices=["noise", "real"],
-                   help="N(0,1) noise in normalised space, or seeded real images of the class "
-                        "[wmdd, sre2l noise; dm, ddm, dance, random-real real]")
+    p.add_argument("--init", choices=list(INITS),
+                   help="N(0,1) noise in normalised space, seeded real images of the class, or the real "
+                        "images nearest one-to-one to the class's feature barycenter (medoid; wmdd, sre2l) "
+                        "[wmdd, sre2l noise; dm, ddm, dance, random-real real; medoids medoid]")
     p.add_argument("--train-per-class", type=int, help="use a seeded choice of N real images per class")
     p.add_argument("--log-every", type=int, default=50, help="iterations between loss records")
     add_method_arguments(p)

@@ -1,11 +1,14 @@
-"""``python -m tools.fair_scores OUT``: the fair-score table of a benchmark directory.
+"""``python -m tools.fair_scores OUT`` or ``--csv results.csv``: the fair-score table.
 
 ``OUT`` holds one directory per distilled set, ``<variant>-ipc<IPC>-s<seed>``, each
 with one ``train-<protocol>/results.json`` per evaluation protocol (as written by
-``benchmarks/dm_family.sh``). For every variant, protocol and IPC the table gives
-the last-epoch top-1 as mean +- std over seeds, the number of seeds, and the
-improvement over ``random-real`` under the same protocol: the mean +- std over
-seeds of the paired difference (same seed, same IPC, same student budget).
+``benchmarks/dm_family.sh``); ``--csv`` reads run.sh's ``results.csv`` instead (one
+row per experiment, as written by ``benchmarks/distill.sh``; variants as in its
+``variant`` column, grouped per dataset). For every variant, protocol, IPC and
+student budget the table gives the last-epoch top-1 as mean +- std over seeds,
+the number of seeds, and the improvement over ``random-real`` under the same
+protocol: the mean +- std over seeds of the paired difference (same seed, same
+IPC, same student epochs).
 """
 
 from __future__ import annotations
@@ -46,25 +49,71 @@ def collect(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _mean_std(values: pd.Series) -> str:
+def from_results_csv(csv: Path) -> pd.DataFrame:
+    """The rows of run.sh's ``results.csv`` as :func:`collect` rows, with a ``dataset`` column.
+
+    Raises:
+        UserError: the file is missing or lacks the needed columns.
+    """
+    if not csv.is_file():
+        raise UserError(f"{csv}: results file not found; run ./run.sh or benchmarks/distill.sh first")
+    table = pd.read_csv(csv)
+    needed = ["dataset", "variant", "ipc", "seed", "protocol", "top1", "epochs"]
+    missing = [c for c in needed if c not in table.columns]
+    if table.empty or missing:
+        raise UserError(f"{csv}: needs rows with columns {needed} (missing: {missing}); pass run.sh's results.csv")
+    runs = table[needed].dropna(subset=["ipc", "seed", "top1"])
+    return runs.astype({"ipc": int, "seed": int, "epochs": int, "top1": float})
+
+
+def _keys(runs: pd.DataFrame) -> list[str]:
+    """Columns that must agree for two runs to be compared: dataset (when present), protocol,
+    IPC and student epochs."""
+    return (["dataset"] if "dataset" in runs.columns else []) + ["protocol", "ipc", "epochs"]
+
+
+def paired_differences(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each non-baseline run paired with the ``random-real`` run of the same seed and
+    :func:`_keys` (the last such row when there are several).
+
+    Args:
+        runs: :func:`collect` or :func:`from_results_csv` rows (``top1`` in percent).
+
+    Returns:
+        One row per pair: the key columns, ``variant``, ``seed``, ``top1``, ``baseline``
+        (random real's top-1) and ``difference`` (``top1 - baseline``, points);
+        runs without a baseline run are left out.
+    """
+    keys = _keys(runs) + ["seed"]
+    base = runs[runs["variant"] == BASELINE].drop_duplicates(keys, keep="last")
+    base = base[keys + ["top1"]].rename(columns={"top1": "baseline"})
+    pairs = runs[runs["variant"] != BASELINE].merge(base, on=keys, how="inner")
+    pairs["difference"] = pairs["top1"] - pairs["baseline"]
+    return pairs
+
+
+def _mean_std(values: pd.Series, signed: bool = False) -> str:
+    """``"mean +- std"`` (sample std) with two decimals; one value: ``"mean (1 run)"``, or
+    the bare signed mean for differences (``signed``)."""
+    mean = f"{values.mean():+.2f}" if signed else f"{values.mean():.2f}"
     if len(values) < 2:
-        return f"{values.mean():.2f} (1 run)"
-    return f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+        return mean if signed else f"{mean} (1 run)"
+    return f"{mean} +- {values.std(ddof=1):.2f}"
 
 
 def fair_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (protocol, ipc, variant): ``top1`` (mean +- std), ``seeds`` and ``vs random real``
-    (mean +- std of the per-seed difference to random-real; empty without a baseline run)."""
-    base = runs[runs["variant"] == BASELINE].set_index(["protocol", "ipc", "seed"])["top1"]
+    """Per (dataset when present, protocol, ipc, epochs, variant): ``top1`` (mean +- std),
+    ``seeds``, ``epochs`` and ``vs random real`` (mean +- std over seeds of
+    :func:`paired_differences`; empty for random real itself and without a baseline run)."""
+    keys = _keys(runs) + ["variant"]
+    diffs = {k: g["difference"] for k, g in paired_differences(runs).groupby(keys, sort=False)}
     rows = []
-    for (protocol, ipc, variant), group in runs.groupby(["protocol", "ipc", "variant"], sort=True):
-        keys = [(protocol, ipc, s) for s in group["seed"]]
-        paired = [(t, base[k]) for t, k in zip(group["top1"], keys) if k in base.index]
-        diff = pd.Series([t - b for t, b in paired], dtype=float)
-        rows.append({"protocol": protocol, "ipc": ipc, "variant": variant, "top1": _mean_std(group["top1"]),
-                     "seeds": len(group), "epochs": int(group["epochs"].iloc[0]),
-                     "vs random real": "" if variant == BASELINE or diff.empty else
-                     (f"{diff.mean():+.2f}" if len(diff) < 2 else f"{diff.mean():+.2f} +- {diff.std(ddof=1):.2f}")})
+    for values, group in runs.groupby(keys, sort=True):
+        key = dict(zip(keys, values))
+        diff = diffs.get(values)
+        rows.append({**{k: v for k, v in key.items() if k not in ("epochs", "variant")}, "variant": key["variant"],
+                     "top1": _mean_std(group["top1"]), "seeds": len(group), "epochs": key["epochs"],
+                     "vs random real": "" if diff is None else _mean_std(diff, signed=True)})
     return pd.DataFrame(rows)
 
 
@@ -76,9 +125,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.fair_scores", description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="benchmark output directory")
+    p.add_argument("out", nargs="?", type=Path, help="benchmark output directory (dm_family.sh layout)")
+    p.add_argument("--csv", type=Path, help="run.sh's results.csv instead of a benchmark directory")
     args = p.parse_args(argv)
-    print(markdown(fair_table(collect(Path(args.out)))))
+    if (args.out is None) == (args.csv is None):
+        raise UserError("pass either a benchmark output directory or --csv results.csv (one of them)")
+    runs = from_results_csv(args.csv) if args.csv else collect(args.out)
+    print(markdown(fair_table(runs)))
     return 0
 
 

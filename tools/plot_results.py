@@ -1,8 +1,11 @@
 """``python -m tools.plot_results``: plots of ``runs/results.csv`` (matplotlib PNG).
 
 * ``acc_vs_ipc_<dataset>.png``: student top-1 against IPC, one line per
-  method variant (mean over rows, error bars = standard deviation over seeds);
-* ``methods_<dataset>_ipc<k>.png``: one bar per method variant at each IPC;
+  method variant (mean over rows, error bars = standard deviation over seeds),
+  random real as a black dashed line;
+* ``methods_<dataset>_ipc<k>.png``: one bar per method variant at each IPC,
+  random real's mean as a dashed vertical line and each bar annotated with
+  its improvement over random real (:func:`improvements`, the fair score);
 * with ``--table``, a markdown table of mean +- std per variant and IPC.
 """
 
@@ -20,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from common.cli import run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
+from tools.fair_scores import BASELINE, paired_differences  # noqa: E402
 
 log = logging.getLogger("wmdd.tools")
 
@@ -28,6 +32,18 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count of top-1 per (dataset, variant, ipc); the
     standard deviation of a single run is NaN (undefined), not 0."""
     return table.groupby(["dataset", "variant", "ipc"])["top1"].agg(["mean", "std", "count"]).reset_index()
+
+
+def improvements(table: pd.DataFrame) -> pd.DataFrame:
+    """Improvement over random real per (dataset, variant, ipc): mean, std and count of
+    the paired differences of :func:`tools.fair_scores.paired_differences` (same dataset,
+    protocol, IPC, student epochs and seed), in points. Empty when ``table`` lacks the
+    ``seed``, ``protocol`` or ``epochs`` column (results files older than those columns)."""
+    columns = ["dataset", "variant", "ipc", "seed", "protocol", "epochs", "top1"]
+    if not set(columns) <= set(table.columns):
+        return pd.DataFrame(columns=["dataset", "variant", "ipc", "mean", "std", "count"])
+    pairs = paired_differences(table[columns].dropna(subset=["seed"]))
+    return pairs.groupby(["dataset", "variant", "ipc"])["difference"].agg(["mean", "std", "count"]).reset_index()
 
 
 def table_cell(mean: float, std: float, count: int) -> str:
@@ -78,14 +94,17 @@ def plot(csv: Path, out: Path) -> list[Path]:
     Raises:
         UserError: the CSV is missing, empty or lacks the needed columns.
     """
-    stats = aggregate(load(csv))
+    table = load(csv)
+    stats, gains = aggregate(table), improvements(table)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset, group in stats.groupby("dataset"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, rows in group.groupby("variant"):
             rows = rows.sort_values("ipc")
-            ax.errorbar(rows["ipc"], rows["mean"], yerr=rows["std"].fillna(0.0), marker="o", capsize=3, label=name)
+            style = {"color": "black", "linestyle": "--", "label": "random real (baseline)"} \
+                if name == BASELINE else {"label": name}
+            ax.errorbar(rows["ipc"], rows["mean"], yerr=rows["std"].fillna(0.0), marker="o", capsize=3, **style)
         ax.set_xscale("log")
         ax.set_xlabel("images per class (IPC)")
         ax.set_ylabel("student top-1 (%)")
@@ -100,9 +119,17 @@ def plot(csv: Path, out: Path) -> list[Path]:
         for ipc, rows in group.groupby("ipc"):
             fig, ax = plt.subplots(figsize=(6, 4))
             rows = rows.sort_values("mean")
-            ax.barh(rows["variant"], rows["mean"], xerr=rows["std"].fillna(0.0), capsize=3, color="tab:blue")
-            for y, (m, n) in enumerate(zip(rows["mean"], rows["count"])):
-                ax.text(m, y, f" {m:.1f} (n={n})", va="center", fontsize=8)
+            colors = ["tab:gray" if v == BASELINE else "tab:blue" for v in rows["variant"]]
+            ax.barh(rows["variant"], rows["mean"], xerr=rows["std"].fillna(0.0), capsize=3, color=colors)
+            gain = gains[(gains["dataset"] == dataset) & (gains["ipc"] == ipc)].set_index("variant")["mean"]
+            for y, (v, m, sd, n) in enumerate(zip(rows["variant"], rows["mean"], rows["std"].fillna(0.0),
+                                                  rows["count"])):
+                fair = f", {gain[v]:+.1f} vs random" if v in gain.index else ""
+                ax.text(m + sd, y, f" {m:.1f} (n={n}){fair}", va="center", fontsize=8)
+            base = rows.loc[rows["variant"] == BASELINE, "mean"]
+            if len(base):
+                ax.axvline(base.iloc[0], color="black", linestyle="--", linewidth=1, label="random real")
+                ax.legend(fontsize=8, loc="lower right")
             ax.set_xlabel("student top-1 (%)")
             ax.set_title(f"{dataset}, IPC {int(ipc)}")
             fig.tight_layout()

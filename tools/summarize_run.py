@@ -1,6 +1,7 @@
 """``python -m tools.summarize_run``: print the summary of one run.sh experiment
 and append it as one row to ``results.csv`` (``append``), or compare
-experiments already there (``table``).
+experiments already there (``table``, with ``--baseline`` the improvement of
+each over a baseline experiment such as random real: the fair score).
 
 Reads the manifests of the teacher and of the experiment's stages (any stage
 may be absent, e.g. for pseudo-label runs) and ``train/results.json``.
@@ -118,21 +119,50 @@ def format_summary(row: dict) -> str:
     ])
 
 
-def comparison_table(csv: Path, experiments: list[str]) -> str:
-    """The last row of each experiment in ``csv`` as a small text table.
+#: Settings a baseline run must share with an experiment for their difference to be a fair score.
+FAIR_KEYS = ["dataset", "ipc", "seed", "teacher_model", "student_model", "epochs", "protocol"]
+
+
+def fair_difference(row: pd.Series, base: pd.Series) -> str:
+    """``row``'s student top-1 minus ``base``'s in points (``"+1.25"``), or why they are not
+    comparable (``"n/a: ipc 10 vs 50"``) when a setting of :data:`FAIR_KEYS` differs."""
+    differ = [f"{k} {row[k]} vs {base[k]}" for k in FAIR_KEYS
+              if k in row.index and not (pd.isna(row[k]) and pd.isna(base[k])) and row[k] != base[k]]
+    if differ:
+        return "n/a: " + ", ".join(differ)
+    return f"{row['top1'] - base['top1']:+.2f}"
+
+
+def comparison_table(csv: Path, experiments: list[str], baseline: str | None = None) -> str:
+    """The last row of each experiment in ``csv`` as a small text table; with ``baseline``
+    (an experiment name, added at the end when not listed) a column ``vs <baseline>``: the
+    fair score, :func:`fair_difference` of each experiment's top-1 to the baseline's.
 
     Raises:
-        UserError: an experiment has no row.
+        UserError: an experiment or the baseline has no row.
     """
     table = pd.read_csv(csv)
-    lines = [f"{'experiment':<22} {'variant':<28} {'IPC':>4} {'teacher top-1':>14} {'student top-1':>14}"]
-    for name in experiments:
-        rows = table[table["experiment"] == name]
-        if rows.empty:
-            raise UserError(f"{csv}: no row for experiment {name!r}")
-        r = rows.iloc[-1]
-        lines.append(f"{name:<22} {r['variant']:<28} {int(r['ipc']):>4} {r['teacher_top1']:>13.2f}% "
-                     f"{r['top1']:>13.2f}%")
+    names = experiments + ([baseline] if baseline and baseline not in experiments else [])
+    rows = {}
+    for name in names:
+        found = table[table["experiment"] == name]
+        if found.empty:
+            raise UserError(f"{csv}: no row for experiment {name!r}"
+                            + ("; run it first (the --baseline)" if name == baseline else ""))
+        rows[name] = found.iloc[-1]
+    width = max(22, *map(len, names))
+    head = f"{'experiment':<{width}} {'variant':<28} {'IPC':>4} {'teacher top-1':>14} {'student top-1':>14}"
+    lines = [head + (f"  vs {baseline}" if baseline else "")]
+    for name in names:
+        r = rows[name]
+        line = (f"{name:<{width}} {r['variant']:<28} {int(r['ipc']):>4} {r['teacher_top1']:>13.2f}% "
+                f"{r['top1']:>13.2f}%")
+        if baseline:
+            line += "  " + ("(baseline)" if name == baseline else fair_difference(r, rows[baseline]))
+        lines.append(line)
+    if baseline:
+        lines.append(f"vs {baseline}: student top-1 minus the baseline's, in points (the fair score: same dataset, "
+                     "IPC, seed, teacher, student and budget)")
     return "\n".join(lines)
 
 
@@ -147,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--time", nargs="*", default=[], metavar="STAGE=SECONDS")
     t = sub.add_parser("table", help="compare experiments already in the results file")
     t.add_argument("--results-csv", required=True, type=Path)
+    t.add_argument("--baseline", metavar="EXPERIMENT",
+                   help="also print each experiment's top-1 minus this experiment's (e.g. demo-random-real)")
     t.add_argument("experiments", nargs="+")
     args = p.parse_args(argv)
     if args.command == "table":
-        print(comparison_table(args.results_csv, args.experiments))
+        print(comparison_table(args.results_csv, args.experiments, args.baseline))
         return 0
     timings = {k: float(v) for k, v in (t.split("=", 1) for t in args.time)}
     row = summarize(args.teacher_dir, args.experiment_dir, args.experiment, timings)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
-from common.errors import UserError
 from recover.methods.registry import RecoverMethod, register_method
 
 
@@ -18,11 +15,7 @@ class RandomReal(RecoverMethod):
     summary = "IPC seeded real images per class, unchanged (the baseline)"
     defaults = {"init": "real"}
     optimizes = False
-
-    @classmethod
-    def check(cls, args: argparse.Namespace) -> None:
-        if args.init != "real":
-            raise UserError(f"--method random-real copies real images; --init {args.init} does not apply, drop it")
+    inits = ("real",)
 
     def batch_objective(self, classes: list[int], batch: int) -> None:
         return None

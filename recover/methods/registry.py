@@ -35,10 +35,16 @@ NEEDS = {
     "bn_stats": "the teacher's per-class BatchNorm statistics",
     "barycenters": "per-class Wasserstein barycenters of the teacher's features",
     "real_init": "IPC seeded real images per class (the initial images)",
+    "medoid_init": "the real images nearest one-to-one to the barycenter support (the initial images)",
     "real_batches": "a fresh batch of real images of each class every iteration",
     "random_networks": "a freshly initialised network every iteration",
     "experts": "trained expert networks (--experts)",
 }
+
+#: ``--init`` values and what each needs: N(0, 1) noise, the seeded real images, or the
+#: barycenter medoids (:mod:`recover.medoids`).
+INITS = {"noise": frozenset(), "real": frozenset({"real_init"}),
+         "medoid": frozenset({"medoid_init", "barycenters"})}
 
 #: A per-iteration loss: ``(images [G * ipc, 3, S, S] with grad, iteration) -> (loss, parts)``.
 Objective = Callable[[torch.Tensor, int], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
@@ -101,6 +107,7 @@ class RecoverMethod:
         optimizes: False for a method that copies its initial images (``--lr`` and
             ``--iterations`` are then unused).
         requires_teacher: the method cannot run without ``--teacher`` (run.sh asks).
+        inits: the ``--init`` values (keys of :data:`INITS`) the method accepts.
     """
 
     name: ClassVar[str] = ""
@@ -108,6 +115,7 @@ class RecoverMethod:
     defaults: ClassVar[dict[str, Any]] = {}
     optimizes: ClassVar[bool] = True
     requires_teacher: ClassVar[bool] = False
+    inits: ClassVar[tuple[str, ...]] = ("noise", "real")
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -219,7 +227,8 @@ def resolve_method_args(args: argparse.Namespace) -> type[RecoverMethod]:
     options, and run the method's checks.
 
     Raises:
-        UserError: an option of another method was given, or :meth:`RecoverMethod.check` failed.
+        UserError: an option of another method was given, ``--init`` is not one of the
+            method's :attr:`RecoverMethod.inits`, or :meth:`RecoverMethod.check` failed.
     """
     cls = get_method(args.method)
     for dest, users in own_options().items():
@@ -229,5 +238,8 @@ def resolve_method_args(args: argparse.Namespace) -> type[RecoverMethod]:
     for dest, value in cls.defaults.items():
         if getattr(args, dest, None) is None:
             setattr(args, dest, value)
+    if args.init not in cls.inits:
+        raise UserError(f"--init {args.init} does not apply to --method {cls.name} (it accepts "
+                        f"{', '.join(cls.inits)}); drop --init or pick one of those")
     cls.check(args)
     return cls

@@ -54,8 +54,30 @@ def default_jitter(input_size: int) -> int:
     return round(input_size * 32 / 224)
 
 
+class BarycenterMethod(RecoverMethod):
+    """Base of the methods that use the class barycenters of the teacher's features
+    (``wmdd``, ``sre2l``, ``medoids``): their solver options and ``--init medoid``."""
+
+    defaults = {"barycenter_solver": "exact", "weight_wb": False, "feature_batch_size": 256}
+    requires_teacher = True
+    inits = ("noise", "real", "medoid")
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--barycenter-solver", choices=["exact", "pot"],
+                           help="exact: k-means++-initialised alternation; pot: WMDD's POT path [exact]")
+        group.add_argument("--weight-wb", action="store_true", default=None,
+                           help="free barycenter weights (k-means masses) [off]")
+        group.add_argument("--feature-batch-size", type=int, help="batch of the teacher feature pass [256]")
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        if args.feature_batch_size < 1:
+            raise UserError(f"--feature-batch-size {args.feature_batch_size}: must be >= 1")
+
+
 @register_method
-class WMDD(RecoverMethod):
+class WMDD(BarycenterMethod):
     """``--method wmdd``: barycenter feature matching + per-class BN statistics, no CE
     (the paper's best row, Table III). ``--no-wb``, ``--no-per-class-bn`` and
     ``--r-ce`` reproduce the ablation."""
@@ -64,9 +86,7 @@ class WMDD(RecoverMethod):
     summary = "Wasserstein-barycenter feature matching + per-class BN statistics (WMDD Eq. 5-7)"
     defaults = {"lr": 0.25, "iterations": 2000, "init": "noise", "r_bn": 0.01, "r_ce": 0.0, "wb": True,
                 "per_class_bn": True, "first_bn_multiplier": 10.0, "random_crop": True, "flip": True,
-                "min_scale": 0.08, "max_scale": 1.0, "barycenter_solver": "exact", "weight_wb": False,
-                "feature_batch_size": 256}
-    requires_teacher = True
+                "min_scale": 0.08, "max_scale": 1.0, **BarycenterMethod.defaults}
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -85,11 +105,6 @@ class WMDD(RecoverMethod):
                            help="random horizontal flip of the batch each iteration [on]")
         group.add_argument("--min-scale", type=float, help="random-resized-crop minimum area [0.08]")
         group.add_argument("--max-scale", type=float, help="random-resized-crop maximum area [1.0]")
-        group.add_argument("--barycenter-solver", choices=["exact", "pot"],
-                           help="exact: k-means++-initialised alternation; pot: WMDD's POT path [exact]")
-        group.add_argument("--weight-wb", action="store_true", default=None,
-                           help="free barycenter weights (k-means masses) [off]")
-        group.add_argument("--feature-batch-size", type=int, help="batch of the teacher feature pass [256]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
@@ -100,8 +115,7 @@ class WMDD(RecoverMethod):
                 raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: a loss weight must be >= 0")
         if args.jitter is not None and args.jitter < 0:
             raise UserError(f"--jitter {args.jitter}: must be >= 0 pixels")
-        if args.feature_batch_size < 1:
-            raise UserError(f"--feature-batch-size {args.feature_batch_size}: must be >= 1")
+        super().check(args)
         if not (args.wb or args.r_bn > 0 or args.r_ce > 0):
             raise UserError("every loss term is off (--no-wb, --r-bn 0, --r-ce 0): nothing to optimise")
 

@@ -1,0 +1,113 @@
+"""Fair scores (improvement over random real under identical labels and budgets) from real
+runs: benchmarks/distill.sh adds random real and prints the table, ``tools.summarize_run
+table --baseline`` (what ``make demo`` prints), ``tools.fair_scores.fair_table`` on
+``results.json`` files and ``tools.plot_results``' improvement annotations."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, run_module
+from tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
+from tools.plot_results import improvements
+
+WMDD = "wmdd: WB, per-class BN"
+
+
+@pytest.fixture(scope="module")
+def bench(cifar_root, tmp_path_factory):
+    """A 1-epoch ConvNet teacher, then distill.sh with ``-m wmdd`` at IPC 2 for seeds 0 and 1
+    (random real is added by the script): four real run.sh runs."""
+    tmp = tmp_path_factory.mktemp("fair")
+    teacher = tmp / "teacher"
+    run_module("pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet", "--epochs", 1,
+               "--batch-size", 32, "--output-dir", teacher, "--workers", 0, "--device", "cpu")
+    out = tmp / "bench"
+    proc = subprocess.run([str(REPO / "benchmarks" / "distill.sh"), "-d", "cifar10", "-t", str(teacher),
+                           "-r", str(cifar_root.parent), "-o", str(out), "-c", "2", "-s", "0 1", "-i", "2", "-z", "1",
+                           "-m", "wmdd", "-x", "-g"], cwd="/", capture_output=True, text=True, timeout=1800,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def _top1(out, experiment):
+    return json.loads((out / "cifar10" / experiment / "train" / "results.json").read_text())["top1"]
+
+
+def _diffs(out):
+    return pd.Series([_top1(out, f"wmdd-ipc2-s{s}") - _top1(out, f"random-real-ipc2-s{s}") for s in (0, 1)])
+
+
+def test_distill_sh_adds_random_real_and_prints_the_fair_scores(bench):
+    out, stdout = bench
+    rows = pd.read_csv(out / "results.csv")
+    assert sorted(rows["experiment"]) == ["random-real-ipc2-s0", "random-real-ipc2-s1", "wmdd-ipc2-s0",
+                                          "wmdd-ipc2-s1"]
+    table = stdout[stdout.index("fair scores (vs random real"):]
+    line = next(x for x in table.splitlines() if f"| {WMDD} |" in x)
+    d = _diffs(out)
+    assert line.endswith(f"| {d.mean():+.2f} +- {d.std(ddof=1):.2f} |"), line
+    base = next(x for x in table.splitlines() if "| random-real |" in x)
+    assert base.startswith("| cifar10 | fkd | 2 | random-real |") and base.endswith("| 2 | 1 |  |")
+
+
+def test_summarize_table_prints_the_difference_to_the_baseline(bench):
+    out, _ = bench
+    proc = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
+                      "--baseline", "random-real-ipc2-s0", "wmdd-ipc2-s0", "wmdd-ipc2-s1")
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("  vs random-real-ipc2-s0")
+    diff = _top1(out, "wmdd-ipc2-s0") - _top1(out, "random-real-ipc2-s0")
+    assert re.search(rf"wmdd-ipc2-s0 +{re.escape(WMDD)} +2 .*%  {re.escape(f'{diff:+.2f}')}$", lines[1]), lines[1]
+    assert lines[2].endswith("  n/a: seed 1 vs 0")  # another seed is not a fair comparison
+    assert lines[3].startswith("random-real-ipc2-s0") and lines[3].endswith("  (baseline)")
+    missing = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
+                         "--baseline", "nothing", "wmdd-ipc2-s0", check=False)
+    assert missing.returncode == 2 and "no row for experiment 'nothing'; run it first" in missing.stderr
+
+
+def test_fair_table_on_results_json_of_real_runs(bench, tmp_path):
+    """The dm_family.sh layout (<variant>-ipc<N>-s<seed>/train-<protocol>/results.json) over the real runs."""
+    out, _ = bench
+    for variant in ("wmdd", "random-real"):
+        for s in (0, 1):
+            (tmp_path / f"{variant}-ipc2-s{s}").mkdir()
+            (tmp_path / f"{variant}-ipc2-s{s}" / "train-fkd").symlink_to(out / "cifar10" / f"{variant}-ipc2-s{s}"
+                                                                         / "train")
+    table = fair_table(collect(tmp_path)).set_index("variant")
+    d = _diffs(out)
+    assert table.loc["wmdd", "vs random real"] == f"{d.mean():+.2f} +- {d.std(ddof=1):.2f}"
+    assert table.loc["random-real", "vs random real"] == ""
+    wmdd = pd.Series([_top1(out, f"wmdd-ipc2-s{s}") for s in (0, 1)])
+    assert table.loc["wmdd", "top1"] == f"{wmdd.mean():.2f} +- {wmdd.std(ddof=1):.2f}"
+    assert (table.loc["wmdd", "seeds"], table.loc["wmdd", "epochs"]) == (2, 1)
+    # one seed of the baseline only: one pair, shown without a spread
+    one = collect(tmp_path)
+    one = one[~((one["variant"] == "random-real") & (one["seed"] == 1))]
+    assert fair_table(one).set_index("variant").loc["wmdd", "vs random real"] == f"{d[0]:+.2f}"
+
+
+def test_results_csv_pairs_match_results_json_and_the_plot_annotations(bench, tmp_path):
+    out, _ = bench
+    pairs = paired_differences(from_results_csv(out / "results.csv")).sort_values("seed")
+    assert pairs["variant"].tolist() == [WMDD, WMDD]
+    assert pairs["difference"].round(6).tolist() == _diffs(out).round(6).tolist()
+    gains = improvements(pd.read_csv(out / "results.csv")).set_index("variant")
+    assert list(gains.index) == [WMDD] and gains.loc[WMDD, "count"] == 2
+    assert abs(gains.loc[WMDD, "mean"] - _diffs(out).mean()) < 1e-9
+    proc = run_module("tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
+    assert "methods_cifar10_ipc2.png" in proc.stdout
+    assert (tmp_path / "plots" / "methods_cifar10_ipc2.png").stat().st_size > 5000
+
+
+def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
+    proc = run_module("tools.fair_scores", check=False)
+    assert proc.returncode == 2 and "pass either a benchmark output directory or --csv" in proc.stderr
+    proc = run_module("tools.fair_scores", "--csv", tmp_path / "none.csv", check=False)
+    assert proc.returncode == 2 and "none.csv: results file not found" in proc.stderr
