@@ -1,14 +1,12 @@
-"""``python -m recover`` on real CIFAR-10 with the tiny teacher: synthesis, resume, torchrun, bad input."""
+"""``python -m recover`` on real CIFAR-10 with the tiny teacher: WMDD synthesis, presets, bad input.
+
+Resume after SIGKILL and ``torchrun`` sharding are checked for every registered method
+in tests/test_recover_methods.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -22,9 +20,7 @@ from common.transforms import eval_transform, to_normalized_tensor
 from models import penultimate_features
 from models.teacher import load_teacher
 from recover.batches import class_batches
-from tests.conftest import REPO, run_module, torchrun
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+from tests.conftest import run_module
 
 
 def _recover(teacher, root, out, *extra, check=True, env=None):
@@ -96,55 +92,11 @@ def test_feature_cache_is_reused_and_recomputed_when_stale(wmdd_run, tiny_teache
     assert "is stale (teacher_sha256 changed); recomputing" in proc.stderr
 
 
-SMALL_BATCHES = ["--ipc", "2", "--batch-size", "4", "--iterations", "8"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_teacher, cifar_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("recover") / "full"
-    _recover(tiny_teacher, cifar_root, out, *SMALL_BATCHES, env=ONE_THREAD)
-    return out
-
-
 def test_class_batches():
     assert class_batches(10, 2, 4) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert class_batches(10, 50, 100) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert class_batches(3, 200, 100) == [[0], [1], [2]]
     assert class_batches(10, 3, 100) == [list(range(10))]
-
-
-def _same_images(a, b, classes):
-    for c in classes:
-        for i in range(2):
-            pa, pb = a / "images" / c / f"{i:04d}.png", b / "images" / c / f"{i:04d}.png"
-            assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb))), pa
-
-
-def test_resume_after_sigkill_gives_identical_images(uninterrupted, tiny_teacher, cifar_root, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recover", "--teacher", str(tiny_teacher), "--data-path", str(cifar_root),
-           "--output-dir", str(out), "--workers", "0", *SMALL_BATCHES]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "progress" / "batch_00001.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "manifest.json").exists()
-    done = len(list((out / "progress").glob("batch_*.json")))
-    assert 2 <= done < 5
-    resumed = _recover(tiny_teacher, cifar_root, out, *SMALL_BATCHES, env=ONE_THREAD)
-    assert f"({5 - done} to do on this rank)" in resumed.stderr
-    _same_images(uninterrupted, out, load_teacher(tiny_teacher).classes)
-
-
-def test_torchrun_two_ranks_equal_one_rank(uninterrupted, tiny_teacher, cifar_root, tmp_path):
-    out = tmp_path / "ddp"
-    torchrun(2, "recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
-             "--workers", "0", *SMALL_BATCHES)
-    assert (out / "manifest.json").exists()
-    _same_images(uninterrupted, out, load_teacher(tiny_teacher).classes)
 
 
 def test_random_real_copies_seeded_real_images(tiny_teacher, cifar_root, tmp_path):

@@ -16,9 +16,9 @@ loss is added again for each later class; this is the paper's per-class sum.
 Where the maps are read is an option (``--style-features``). After the instance
 norm (the default) every map of a freshly initialised network has per-image
 channel means of 0 and standard deviations of 1 by construction, so L_MM is
-~0 there (measured on real CIFAR-10: 6e-7) and only L_CM acts, on the scale of
-L_DM at lambda = 1e4. Before the norm (the convolution output) L_MM carries
-signal but is 1e4 times larger: at lambda = 1e4 its pixel gradient is ~120x
+~0 there (measured on real CIFAR-10: 5e-7) and only L_CM acts; at lambda = 1e4
+it doubles the pixel gradient of L_DM. Before the norm (the convolution output) L_MM carries
+signal but is 1e4 times larger: at lambda = 1e4 its pixel gradient is ~100x
 L_DM's and SGD at lr 1 diverges, so pre-norm needs ``--mm-weight`` around 1e-2
 (benchmarks/RESULTS.md has the measurement).
 """
