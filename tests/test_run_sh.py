@@ -111,7 +111,7 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["-c", "ten", "-r", "/tmp"], "-c ten: IPC must be a positive integer"),
     (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
     (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
-    (["--method", "dance", "-r", "/tmp"], "--method dance: unknown method (registered: ddm dm medoids random-real sre2l wmdd"),
+    (["--method", "mtt", "-r", "/tmp"], "--method mtt: unknown method (registered: dance ddm dm medoids random-real sre2l wmdd)"),
     (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd or dsa"),
 ])
 def test_bad_flags_print_usage_and_fail(args, message):
