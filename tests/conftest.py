@@ -8,8 +8,10 @@ subsets into pytest's temporary directory.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,18 @@ def torchrun(nproc: int, module: str, *args: str, timeout: float = 600) -> subpr
     if proc.returncode != 0:
         raise AssertionError(f"torchrun -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_when(cmd: list[str], marker: Path, env: dict | None = None, timeout: float = 300) -> None:
+    """Start ``cmd`` from the repository root and SIGKILL it as soon as ``marker`` exists
+    (or it exits, or ``timeout`` seconds pass): a killed run for resume tests."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,7 @@ CPU reductions (tests/conftest.py ``EXPERT_FLAGS``): 2-3 experts of 1 epoch at b
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -25,7 +21,7 @@ from common.transforms import eval_transform
 from models.experts import interpolate_state, load_experts
 from common.views import cutmix_batch
 from recover.methods.dance import load_middle_encoder, pixel_space_gradient
-from tests.conftest import EXPERT_FLAGS, REPO, run_module, torchrun
+from tests.conftest import EXPERT_FLAGS, kill_when, run_module, torchrun
 from train.student import PROTOCOLS, build_parser
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -235,13 +231,7 @@ def test_pretrain_experts_resume_after_sigkill_at_the_expert_being_trained(cifar
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_module("pretrain", *flags, "--data-path", cifar_root, "--output-dir", full, env=ONE_THREAD)
     cmd = [sys.executable, "-m", "pretrain", *flags, "--data-path", str(cifar_root), "--output-dir", str(killed)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "progress" / "expert_0000.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, killed / "progress" / "expert_0000.pt", ONE_THREAD)
     assert not (killed / "manifest.json").exists() and not (killed / "experts.pt").exists()
     done = len(list((killed / "progress").glob("expert_*.pt")))
     assert 1 <= done < 3

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from PIL import Image
 from models import create_model
 from models.teacher import load_teacher
 from recover.methods import get_method, method_names
-from tests.conftest import REPO, run_module, torchrun
+from tests.conftest import kill_when, run_module, torchrun
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 #: Per method: IPC 2, 2 classes per batch (5 batches), a few iterations.
@@ -83,13 +79,7 @@ def test_method_resumes_after_sigkill_with_identical_images(method_run, tiny_tea
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "recover", "--teacher", str(tiny_teacher), "--data-path", str(cifar_root),
            "--output-dir", str(out), "--workers", "0", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "progress" / "batch_00001.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, out / "progress" / "batch_00001.json", ONE_THREAD)
     if (out / "manifest.json").exists():
         pytest.skip(f"{method} finished before it could be killed")
     done = len(list((out / "progress").glob("batch_*.json")))
