@@ -1,8 +1,10 @@
-"""Entry-point helpers shared by every stage's ``__main__``: logging set-up and
-turning :class:`UserError` into a clear message and exit status 2."""
+"""Entry-point helpers shared by every stage's ``__main__``: logging set-up, a parser
+with one-line errors, and turning :class:`UserError` into a clear message and exit
+status 2."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -13,6 +15,14 @@ from tqdm import tqdm
 from common.errors import UserError
 
 log = logging.getLogger("wmdd")
+
+
+class StageParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``error: MESSAGE (see PROG --help)``,
+    with exit status 2 (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def setup_logging() -> None:

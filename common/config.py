@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from common.bounds import NON_NEGATIVE_INT, SEED, Bounded
+from common.cli import StageParser
 from common.errors import UserError
 from common.io import atomic_write_bytes
 from common.manifest import jsonable
@@ -43,13 +45,12 @@ def stage_parser(stage: str, description: str, *, workers_help: str, channels_la
     """A stage's argument parser with the options every stage shares: ``--config``,
     ``--output-dir``, ``--seed``, ``--device``, ``--workers``, ``--amp`` and (unless
     ``channels_last`` is False) ``--channels-last``."""
-    p = argparse.ArgumentParser(prog=f"python -m {stage}", description=description,
-                                formatter_class=_HelpFormatter)
+    p = StageParser(prog=f"python -m {stage}", description=description, formatter_class=_HelpFormatter)
     p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. configs/cifar10.yaml")
     p.add_argument("--output-dir", help="stage output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=2, help=workers_help)
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help=workers_help)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
     if channels_last:
         p.add_argument("--channels-last", action="store_true", help="channels_last memory format (meant for CUDA)")
@@ -81,6 +82,39 @@ def load_yaml_section(path: str | Path, stage: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def add_classes_option(p: argparse.ArgumentParser) -> None:
+    """``--classes N|FILE``: train and evaluate on a class subset (:func:`common.data.resolve_classes`)."""
+    p.add_argument("--classes", metavar="N|FILE",
+                   help="use a class subset: the first N class folders in sorted order, or the class folder names "
+                        "listed in FILE (one per line); recorded in the manifest, and every later stage must use "
+                        "the same subset [all classes]")
+
+
+def checked_value(action: argparse.Action, value: object, where: str) -> object:
+    """A YAML ``value`` for the option ``action``, checked as the command line would check it:
+    a :class:`~common.bounds.Bounded` type's kind and range, the option's choices, and
+    true/false for a switch.
+
+    Args:
+        where: ``"FILE: section setting 'key'"``, put at the front of the message.
+
+    Raises:
+        UserError: naming ``where``, the value and what is expected.
+    """
+    if value is None and action.default is None:
+        return None  # YAML null: leave the option unset, as when the key is absent
+    if isinstance(action.type, Bounded):
+        try:
+            return action.type.check(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
+        raise UserError(f"{where}: {value!r} is not true or false")
+    return value
+
+
 def _choices(parser: argparse.ArgumentParser, dest: str | None) -> list[str]:
     """The ``choices`` of the option stored in ``dest`` (empty when there is none)."""
     for action in parser._actions:
@@ -104,7 +138,8 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
 
     Raises:
         UserError: as :func:`load_yaml_section`, the YAML names a setting the
-            parser does not know, or a sub-section is not a mapping.
+            parser does not know, a sub-section is not a mapping, or a value is
+            of the wrong kind or out of range (:func:`checked_value`).
     """
     settings = load_yaml_section(path, stage)
     known = {a.dest for a in parser._actions}
@@ -119,6 +154,14 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
             if str(key).replace("-", "_") not in known or key == "config":
                 raise UserError(f"{path}: unknown {where} setting {key!r}; "
                                 f"see `python -m {stage} --help` for the valid options")
+    actions: dict[str, argparse.Action] = {}
+    for a in parser._actions:  # of several options sharing a dest (--cos), the one that checks values
+        if a.dest not in actions or isinstance(a.type, Bounded) or a.choices is not None:
+            actions[a.dest] = a
+    for where, items in [(stage, settings)] + [(f"{stage}.{k}", v) for k, v in sections.items()]:
+        for key, value in list(items.items()):
+            dest = str(key).replace("-", "_")
+            items[key] = checked_value(actions[dest], value, f"{path}: {where} setting {key!r}")
     if chosen is not None:
         settings.update({str(k).replace("-", "_"): v
                          for k, v in sections.get(str(chosen).replace("-", "_"), {}).items()})

@@ -76,14 +76,21 @@ def is_image_file(path: str, split_root: str) -> bool:
             and not any(map(is_hidden, path[len(split_root):].split(os.sep))))
 
 
-def list_classes(directory: str | Path) -> list[str]:
-    """Sorted class folder names in ``directory`` (hidden folders skipped).
+def list_classes(directory: str | Path, subset: list[str] | None = None) -> list[str]:
+    """Sorted class folder names in ``directory`` (hidden folders skipped), or ``subset``
+    (``--classes``) after checking that each of its folders is there.
 
     Raises:
-        UserError: no class folders, or a class folder holds no image.
+        UserError: no class folders, a folder of ``subset`` is missing, or a class
+            folder holds no image.
     """
     directory = Path(directory)
-    classes = class_folders(directory)
+    if subset is not None:
+        absent = [c for c in subset if not (directory / c).is_dir()]
+        if absent:
+            raise UserError(f"{directory}: no class folder {absent[0]!r} of the --classes subset "
+                            f"({len(absent)} missing); every split must hold the chosen classes")
+    classes = list(subset) if subset is not None else class_folders(directory)
     if not classes:
         raise UserError(f"{directory}: no class folders; images must be in {directory}/<class_name>/")
     for c in classes:
@@ -110,12 +117,62 @@ class ImageFilter:
 
 class VisibleImageFolder(ImageFolder):
     """torchvision's :class:`ImageFolder` whose classes are the non-hidden
-    sub-folders (:func:`class_folders`); pass :class:`ImageFilter` as
-    ``is_valid_file`` to skip hidden files and folders inside the classes too."""
+    sub-folders (:func:`class_folders`), or only the folders named in ``only`` (a
+    class subset, sorted); pass :class:`ImageFilter` as ``is_valid_file`` to skip
+    hidden files and folders inside the classes too."""
+
+    def __init__(self, root: str, *args, only: list[str] | None = None, **kwargs):
+        self.only = only
+        super().__init__(root, *args, **kwargs)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        classes = class_folders(directory)
+        classes = list(self.only) if self.only is not None else class_folders(directory)
         return classes, {c: i for i, c in enumerate(classes)}
+
+
+def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | None:
+    """The class subset named by ``--classes`` (``None``: every class folder).
+
+    Args:
+        value: ``N`` (the first N class folders of ``train_dir`` in sorted order) or
+            the path of a text file with one class folder name per line (blank lines
+            and ``#`` comments ignored); ``None`` for all classes.
+        train_dir: the train split directory.
+
+    Returns:
+        The subset's folder names in sorted order (the class-index order).
+
+    Raises:
+        UserError: N < 1 or more than the class folders, a missing, binary or empty
+            file, or a name that is not a class folder of ``train_dir``.
+    """
+    if value is None:
+        return None
+    found = class_folders(train_dir)
+    text = str(value).strip()
+    if text.isascii() and text.isdigit():
+        n = int(text)
+        if not 1 <= n <= len(found):
+            raise UserError(f"--classes {text}: {train_dir} has {len(found)} class folders; pass 1 to {len(found)} "
+                            "or a file of class names")
+        return found[:n]
+    path = Path(text)
+    if not path.is_file():
+        raise UserError(f"--classes {text}: neither a number of classes nor an existing file of class names")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; --classes takes a number or a file with one class "
+                        "folder name per line") from None
+    names = [line.split("#", 1)[0].strip() for line in lines]
+    names = sorted({n for n in names if n})
+    if not names:
+        raise UserError(f"{path}: no class names (one class folder name per line)")
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} name(s) that are not class folders of {train_dir}, e.g. "
+                        f"{unknown[0]!r}; fix the names")
+    return names
 
 
 def load_image(path: str) -> Image.Image:
@@ -167,8 +224,24 @@ def select_per_class(samples: list[tuple[str, int]], per_class: int | None, seed
     return chosen
 
 
+def distilled_images_dir(images_dir: str | Path) -> Path:
+    """``images_dir`` (``--images``: an ImageFolder of distilled images, e.g. recover's
+    ``OUT/images``) after checking that it is one.
+
+    Raises:
+        UserError: missing directory, or a recover output directory instead of its
+            ``images/`` folder (names the folder to pass).
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: image directory not found; pass recover's OUT/images (or any ImageFolder)")
+    if (root / "images").is_dir() and ((root / "progress").is_dir() or (root / "manifest.json").is_file()):
+        raise UserError(f"{root}: is a recover output directory, not an image folder; pass {root / 'images'}")
+    return root
+
+
 def image_folder(directory: str | Path, transform=None, classes: list[str] | None = None,
-                 per_class: int | None = None, seed: int = 0) -> ImageFolder:
+                 per_class: int | None = None, seed: int = 0, subset: list[str] | None = None) -> ImageFolder:
     """A torchvision :class:`ImageFolder` over ``directory`` with clear errors.
 
     Args:
@@ -178,6 +251,8 @@ def image_folder(directory: str | Path, transform=None, classes: list[str] | Non
             accepts whatever is found.
         per_class: keep a seeded choice of this many images per class.
         seed: seed of that choice.
+        subset: use only these class folders (``--classes``, :func:`resolve_classes`);
+            other folders are ignored, each of these must exist.
 
     Returns:
         The dataset; ``dataset.classes`` is the sorted list of non-hidden class
@@ -190,15 +265,17 @@ def image_folder(directory: str | Path, transform=None, classes: list[str] | Non
             ``classes``, or too few images for ``per_class``.
     """
     directory = Path(directory)
-    found = list_classes(directory)
+    found = list_classes(directory, subset)
     if classes is not None and found != list(classes):
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
+        hint = ("every split must have the same class folders" if missing else
+                f"if the training classes are a subset of these {len(found)} (--classes in an earlier stage), pass "
+                "the same --classes here; otherwise every split must have the same class folders")
         raise UserError(f"{directory}: class folders differ from the training classes "
-                        f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}); "
-                        "every split must have the same class folders")
+                        f"(missing: {missing[:5] or 'none'}; unexpected: {extra[:5] or 'none'}); {hint}")
     keep = ImageFilter(directory)
-    ds = VisibleImageFolder(str(directory), transform=transform, loader=load_image, is_valid_file=keep)
+    ds = VisibleImageFolder(str(directory), transform=transform, loader=load_image, is_valid_file=keep, only=subset)
     if keep.appledouble:
         log.info("%s: skipped %d macOS AppleDouble file(s) (._name, metadata, not images)", directory,
                  keep.appledouble)
@@ -210,16 +287,18 @@ def image_folder(directory: str | Path, transform=None, classes: list[str] | Non
 
 def load_splits(root: str | Path, train_transform=None, val_transform=None,
                 train_per_class: int | None = None, val_per_class: int | None = None,
-                seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
-    """Train and evaluation splits of the ImageFolder tree at ``root``.
+                seed: int = 0, subset: list[str] | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """Train and evaluation splits of the ImageFolder tree at ``root`` (only the classes
+    of ``subset`` when given, :func:`resolve_classes`).
 
     Raises:
         UserError: a split is missing, a class folder is empty, or the two
-            splits have different class folders.
+            splits have different class folders (or lack one of ``subset``).
     """
-    train = image_folder(split_dir(root, "train"), train_transform, per_class=train_per_class, seed=seed)
+    train = image_folder(split_dir(root, "train"), train_transform, per_class=train_per_class, seed=seed,
+                         subset=subset)
     val = image_folder(split_dir(root, "val"), val_transform, classes=train.classes,
-                       per_class=val_per_class, seed=seed)
+                       per_class=val_per_class, seed=seed, subset=subset)
     return train, val
 
 

@@ -119,7 +119,7 @@ def get_spec(name: str) -> DatasetSpec:
         ) from None
 
 
-def resolve_spec(name: str, classes: list[str], root: str = "") -> DatasetSpec:
+def resolve_spec(name: str, classes: list[str], root: str = "", subset: bool = False) -> DatasetSpec:
     """The spec for ``name`` checked against (or, for ``imagefolder``, completed
     from) the class folders found on disk.
 
@@ -127,6 +127,7 @@ def resolve_spec(name: str, classes: list[str], root: str = "") -> DatasetSpec:
         name: registered dataset name.
         classes: class folder names found under ``root``'s train split, sorted.
         root: dataset root, only used in error messages.
+        subset: ``classes`` is a ``--classes`` subset; its size is not checked.
 
     Raises:
         UserError: the number of class folders differs from the registered
@@ -135,7 +136,7 @@ def resolve_spec(name: str, classes: list[str], root: str = "") -> DatasetSpec:
     spec = get_spec(name)
     if spec.num_classes is None:
         return replace(spec, num_classes=len(classes))
-    if len(classes) != spec.num_classes:
+    if len(classes) != spec.num_classes and not subset:
         raise UserError(
             f"{root or 'dataset root'}: found {len(classes)} class folders but dataset {name!r} "
             f"has {spec.num_classes} classes; point --data-path at the full {name} tree "

@@ -73,6 +73,21 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
                         "the file is corrupt or not a PyTorch file, recreate it") from None
 
 
+def check_output_dir(path: str | Path, option: str = "--output-dir") -> Path:
+    """``path`` as a :class:`Path` after checking that it is, or can become, a directory.
+
+    Raises:
+        UserError: ``path`` or one of its parents is an existing file (names it and
+            the option to change).
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{option} {path}: {p} is an existing file, not a directory; "
+                            "pass a directory path (new or existing)")
+    return path
+
+
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of the file's bytes."""
     h = hashlib.sha256()

@@ -2,8 +2,10 @@
 
 A manifest records the stage, the schema version, the resolved arguments, the
 dataset spec and class list, the model, the input artifacts with their sha256
-and the outputs as paths relative to the stage directory. The next stage reads
-it and refuses a mismatch with a message naming both values.
+the outputs as paths relative to the stage directory and, for every file under
+them, its size and sha256 (``files``). The next stage reads it and refuses a
+mismatch with a message naming both values; a stage directory whose listed
+files are missing or changed does not count as finished.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
-from common.io import atomic_write_json, read_json, sha256_file
+from common.io import atomic_write_json, check_output_dir, read_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -29,6 +31,43 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def output_files(out_dir: Path, outputs: list[str]) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hex}}`` for every file named in
+    ``outputs`` or lying (at any depth) under a directory named there, sorted by path."""
+    files = []
+    for rel in outputs:
+        path = out_dir / rel
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {p.relative_to(out_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(files)}
+
+
+def verify_output_files(stage_dir: str | Path, manifest: dict, stage: str) -> None:
+    """Check that every file the manifest lists (``files``; for manifests without it,
+    the ``outputs``) is still there, with the recorded size and sha256.
+
+    Raises:
+        UserError: naming the first missing or changed file and the fix.
+    """
+    stage_dir = Path(stage_dir)
+    fix = (f"restore it, or delete {stage_dir} and run the {stage} stage again "
+           "(downstream stages made from it are then stale too)")
+    recorded = manifest.get("files")
+    if recorded is None:
+        for rel in manifest.get("outputs", []):
+            if not (stage_dir / rel).exists():
+                raise UserError(f"{stage_dir / rel}: listed by {stage_dir / MANIFEST} but missing; {fix}")
+        return
+    for rel, want in recorded.items():
+        path = stage_dir / rel
+        if not path.is_file():
+            raise UserError(f"{path}: listed by {stage_dir / MANIFEST} but missing; {fix}")
+        size = path.stat().st_size
+        if size != want["bytes"] or sha256_file(path) != want["sha256"]:
+            raise UserError(f"{path}: changed since {stage_dir / MANIFEST} was written ({size} bytes, "
+                            f"recorded {want['bytes']}; or a different sha256); {fix}")
 
 
 def write_manifest(out_dir: str | Path, *, stage: str, args: dict, outputs: list[str],
@@ -66,6 +105,7 @@ def write_manifest(out_dir: str | Path, *, stage: str, args: dict, outputs: list
         "inputs": {name: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
                    for name, p in (inputs or {}).items()},
         "outputs": list(outputs),
+        "files": output_files(out_dir, list(outputs)),
     }
     if extra:
         manifest.update(jsonable(extra))
@@ -78,7 +118,8 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
 
     Raises:
         UserError: no manifest (the stage did not finish), another stage's
-            manifest, or an unknown schema version.
+            manifest, an unknown schema version, or a listed output file that is
+            missing or changed (:func:`verify_output_files`).
     """
     path = Path(stage_dir) / MANIFEST
     if not path.is_file():
@@ -91,10 +132,18 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: schema version {manifest.get('schema_version')} is not "
                         f"{SCHEMA_VERSION}; re-run the {stage} stage with this version of the toolkit")
+    verify_output_files(stage_dir, manifest, stage)
     return manifest
 
 
 RUN_ARGS = ".run_args.json"
+
+
+def same_args(old: dict, new: dict) -> bool:
+    """Whether two recorded argument dicts define the same run; an option missing from one
+    equals ``None`` (unset) in the other, so options added with a ``None`` default by a
+    later version of the toolkit do not make earlier runs look different."""
+    return all(old.get(k) == new.get(k) for k in set(old) | set(new))
 
 
 def _first_difference(old: dict, new: dict) -> str:
@@ -117,7 +166,7 @@ def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:
     new = jsonable(args)
     if path.exists():
         old = read_json(path, "run arguments")
-        if old != new:
+        if not same_args(old, new):
             raise UserError(f"{stage_dir}: holds an unfinished {stage} run with different arguments "
                             f"({_first_difference(old, new)}); re-run with the same arguments to resume, "
                             "or use another --output-dir")
@@ -132,18 +181,22 @@ def run_arguments(args, ignore: tuple[str, ...] = ()) -> dict:
 
 
 def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bool:
-    """True (and logged) when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``.
+    """True (and logged) when ``stage_dir`` holds a finished ``stage`` run with exactly ``args``
+    and every output file its manifest lists, unchanged.
 
     Raises:
-        UserError: the directory holds a finished run with different arguments
-            (names the first differing argument); use a new output directory.
+        UserError: ``stage_dir`` is not a usable directory (:func:`common.io.check_output_dir`);
+            it holds a finished run with different arguments (names the first
+            differing argument; use a new output directory) or whose outputs are
+            missing or changed (names the file).
     """
+    check_output_dir(stage_dir)
     path = Path(stage_dir) / MANIFEST
     if not path.is_file():
         return False
     old = read_manifest(stage_dir, stage)["args"]
     new = jsonable(args)
-    if old == new:
+    if same_args(old, new):
         logging.getLogger("wmdd").info("%s: already finished with these arguments; nothing to do", stage_dir)
         return True
     raise UserError(f"{path}: a finished {stage} run with different arguments is already there "

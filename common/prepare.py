@@ -35,10 +35,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from common.cli import run_main
+from common.bounds import COUNT, FRACTION, SEED
+from common.cli import StageParser, run_main
 from common.data import EVAL_SPLIT_NAMES, class_folders, is_hidden
 from common.errors import UserError
-from common.io import atomic_write_json, read_json
+from common.io import atomic_write_json, check_output_dir, read_json
 
 log = logging.getLogger("wmdd.prepare")
 MARKER = ".prepared.json"
@@ -50,6 +51,7 @@ TINY_IMAGES = "images"
 
 
 def _already_prepared(dest: Path, description: dict) -> bool:
+    check_output_dir(dest, "destination")
     marker = dest / MARKER
     if marker.is_file():
         if read_json(marker, "preparation marker") == description:
@@ -440,14 +442,14 @@ def build_digits(dest: str | Path, val_fraction: float = 0.2, seed: int = 0) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.prepare", description=__doc__.split("\n\n")[0])
+    p = StageParser(prog="python -m common.prepare", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("extract", help="extract a local ImageFolder archive")
     e.add_argument("archive")
     e.add_argument("dest")
-    e.add_argument("--train-per-class", type=int)
-    e.add_argument("--val-per-class", type=int)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--train-per-class", type=COUNT)
+    e.add_argument("--val-per-class", type=COUNT)
+    e.add_argument("--seed", type=SEED, default=0)
     d = sub.add_parser("download", help="download CIFAR-10/100 through torchvision (internet)")
     d.add_argument("dataset", choices=["cifar10", "cifar100"])
     d.add_argument("dest")
@@ -455,8 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("root")
     g = sub.add_parser("digits", help="build the digits dataset from scikit-learn")
     g.add_argument("dest")
-    g.add_argument("--val-fraction", type=float, default=0.2)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--val-fraction", type=FRACTION, default=0.2)
+    g.add_argument("--seed", type=SEED, default=0)
     return p
 
 

@@ -185,6 +185,8 @@ def check_classes(teacher: Teacher, classes: list[str], where: str) -> None:
     if list(classes) != teacher.classes:
         missing = [c for c in teacher.classes if c not in classes]
         extra = [c for c in classes if c not in teacher.classes]
+        hint = ("the teacher was trained on a class subset: pass its --classes here too"
+                if not missing and extra else "use the teacher trained on this dataset (and class subset)")
         raise UserError(f"{where}: class list differs from the teacher's ({teacher.path}): "
                         f"{len(classes)} classes vs {len(teacher.classes)}; missing {missing[:5] or 'none'}, "
-                        f"unexpected {extra[:5] or 'none'}; use the teacher trained on this dataset")
+                        f"unexpected {extra[:5] or 'none'}; {hint}")

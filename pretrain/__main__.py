@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from common.bounds import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
 from common.cli import progress, run_main
-from common.config import parse_with_config, save_resolved_config, stage_parser
-from common.data import load_splits, with_transform
+from common.config import add_classes_option, parse_with_config, save_resolved_config, stage_parser
+from common.data import load_splits, resolve_classes, split_dir, with_transform
 from common.datasets import dataset_names, resolve_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
@@ -49,27 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet18", help=f"one of {', '.join(model_names())}")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="architecture options, e.g. depth=3 width=128 norm=batch for convnet")
-    p.add_argument("--input-size", type=int, help="input side in pixels (default: the dataset's native size)")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=32, help="images per step and process")
-    p.add_argument("--lr", type=float, default=0.025)
+    p.add_argument("--input-size", type=COUNT, help="input side in pixels (default: the dataset's native size)")
+    add_classes_option(p)
+    p.add_argument("--epochs", type=COUNT, default=50)
+    p.add_argument("--batch-size", type=COUNT, default=32, help="images per step and process")
+    p.add_argument("--lr", type=POSITIVE, default=0.025)
     p.add_argument("--opt", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=MOMENTUM, default=0.9)
     p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "multistep", "none"])
-    p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    p.add_argument("--train-per-class", type=int, help="use a seeded choice of N train images per class")
-    p.add_argument("--val-per-class", type=int, help="use a seeded choice of N val images per class")
-    p.add_argument("--eval-batch-size", type=int, default=256,
+    p.add_argument("--wd", type=NON_NEGATIVE, default=1e-4, help="weight decay")
+    p.add_argument("--train-per-class", type=COUNT, help="use a seeded choice of N train images per class")
+    p.add_argument("--val-per-class", type=COUNT, help="use a seeded choice of N val images per class")
+    p.add_argument("--eval-batch-size", type=COUNT, default=256,
                    help="batch size of evaluation and of the statistics pass")
     p.add_argument("--stats-only", action="store_true",
                    help="no training: compute the BN statistics of --teacher")
     p.add_argument("--teacher", help="with --stats-only: a teacher.pt or a plain (torchvision) state dict")
-    p.add_argument("--experts", type=int, help="train N DANCE experts (initial and final weights in experts.pt) "
+    p.add_argument("--experts", type=COUNT, help="train N DANCE experts (initial and final weights in experts.pt) "
                                                "instead of a teacher; defaults become convnet_in, 60 epochs, "
                                                "batch 64, SGD lr 0.01 wd 5e-4, multistep, DSA color_crop, "
                                                "CutMix 0.5")
     p.add_argument("--dsa-strategy", help="with --experts: DSA families applied in turn to every batch [color_crop]")
-    p.add_argument("--cutmix-prob", type=float, help="with --experts: probability of CutMix per batch [0.5]")
+    p.add_argument("--cutmix-prob", type=PROBABILITY, help="with --experts: probability of CutMix per batch [0.5]")
     return p
 
 
@@ -89,22 +91,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--output-dir is required")
     if args.stats_only != bool(args.teacher):
         raise UserError("--stats-only and --teacher CKPT go together")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.experts is None:
         given = [k for k in EXPERT_ONLY if getattr(args, k) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} is an option of --experts N; drop it")
         return
-    if args.experts < 1:
-        raise UserError(f"--experts {args.experts}: the number of experts must be >= 1")
     if args.stats_only:
         raise UserError("--experts and --stats-only are alternatives; pass one")
-    if not 0 <= args.cutmix_prob <= 1:
-        raise UserError(f"--cutmix-prob {args.cutmix_prob}: a probability must be in [0, 1]")
     DSAParams(strategy=args.dsa_strategy)
 
 
@@ -158,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         name, model_kwargs, state_dict, file_size = read_weights(args.teacher, args.model, model_kwargs)
         size = size or file_size
     train_raw, val_set = load_splits(args.data_path, train_per_class=args.train_per_class,
-                                     val_per_class=args.val_per_class, seed=args.seed)
-    spec = resolve_spec(args.dataset, train_raw.classes, args.data_path)
+                                     val_per_class=args.val_per_class, seed=args.seed,
+                                     subset=resolve_classes(args.classes, split_dir(args.data_path, "train")))
+    spec = resolve_spec(args.dataset, train_raw.classes, args.data_path, subset=args.classes is not None)
     size = size or spec.image_size
     train_set = with_transform(train_raw, train_transform(spec, size))
     val_set.transform = eval_transform(spec, size)
@@ -176,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         model.to(memory_format=torch.channels_last)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        record_run_args(out, "pretrain", run_args)
         save_resolved_config(args, out / "config.yaml")
 
     if args.stats_only:
@@ -194,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         save_teacher(out / TEACHER_FILE, model=model, name=name, kwargs=model_kwargs, classes=classes, spec=spec,
                      input_size=size, bn_stats=bn_stats, args=run_args, val=val)
-        outputs = [TEACHER_FILE, "config.yaml"] + ([] if args.stats_only else ["metrics.jsonl", "last.pt"])
+        # last.pt (resume state) is not an output: deleting it after the run loses nothing
+        outputs = [TEACHER_FILE, "config.yaml"] + ([] if args.stats_only else ["metrics.jsonl"])
         write_manifest(out, stage="pretrain", args=run_args,
                        outputs=outputs, dataset=spec.to_dict(), classes=classes, model=name,
                        inputs={"teacher_weights": args.teacher} if args.stats_only else None,

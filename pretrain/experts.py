@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from common.data import load_splits, with_transform
+from common.data import load_splits, resolve_classes, split_dir, with_transform
 from common.datasets import resolve_spec
 from common.distributed import DistContext
 from common.dsa import DSAParams, apply_sequence, draw_sequence
@@ -123,8 +123,9 @@ def train_experts(args: argparse.Namespace, ctx: DistContext, out: Path, run_arg
     """Train this rank's experts (skipping finished ones), then (rank 0) merge them
     into ``experts.pt`` and write ``metrics.jsonl`` and the manifest."""
     train_raw, val_set = load_splits(args.data_path, train_per_class=args.train_per_class,
-                                     val_per_class=args.val_per_class, seed=args.seed)
-    spec = resolve_spec(args.dataset, train_raw.classes, args.data_path)
+                                     val_per_class=args.val_per_class, seed=args.seed,
+                                     subset=resolve_classes(args.classes, split_dir(args.data_path, "train")))
+    spec = resolve_spec(args.dataset, train_raw.classes, args.data_path, subset=args.classes is not None)
     size = args.input_size or spec.image_size
     classes = list(train_raw.classes)
     pixels, labels = uint8_images(train_raw, spec, size, args.workers)

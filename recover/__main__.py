@@ -27,7 +27,7 @@ import torch
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
-from common.data import image_folder, split_dir
+from common.data import image_folder, resolve_classes, split_dir
 from common.datasets import get_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
@@ -38,8 +38,8 @@ from common.transforms import eval_transform, pixel_bounds
 from models.experts import load_experts
 from models.teacher import Teacher, check_classes, load_teacher
 from recover.barycenter import class_barycenter
-from recover.batches import class_batches, marker_path, real_choice
-from recover.features import cache_key, cached_features
+from recover.batches import class_batches, marker_path, pending_batches, real_choice
+from recover.features import cache_key, cached_features, dataset_fingerprint
 from recover.images import save_class_images, write_grid, write_sample_weights, write_sources
 from recover.medoids import medoid_assignment
 from recover.methods import RecoverMethod, Resources
@@ -116,7 +116,8 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
     spec = teacher.spec if teacher else get_spec(args.dataset)
     size = teacher.input_size if teacher else (args.input_size or spec.image_size)
     train = split_dir(args.data_path, "train")
-    dataset = image_folder(train, eval_transform(spec, size), per_class=args.train_per_class, seed=args.seed)
+    dataset = image_folder(train, eval_transform(spec, size), per_class=args.train_per_class, seed=args.seed,
+                           subset=resolve_classes(args.classes, train))
     if teacher is not None:
         check_classes(teacher, dataset.classes, str(train))
     experts = None
@@ -136,8 +137,17 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
                               dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 
 
+def batch_inputs(res: Resources) -> dict:
+    """What a class batch's images depend on besides the arguments (recorded in its marker,
+    :func:`recover.batches.pending_batches`): the real train split's fingerprint and the
+    sha256 of the teacher and the experts (``None`` when not used)."""
+    return {"dataset": dataset_fingerprint(res.dataset),
+            "teacher_sha256": res.teacher.sha256 if res.teacher else None,
+            "experts_sha256": res.experts.sha256 if res.experts else None}
+
+
 def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: dict[int, list[int]],
-              config: SynthesisConfig | None, out: Path) -> None:
+              config: SynthesisConfig | None, out: Path, inputs: dict) -> None:
     """Synthesise (or copy) the images of class batch ``b`` and mark it done.
 
     ``sources[c]`` lists the dataset sample indices that class ``c``'s images start
@@ -158,7 +168,7 @@ def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: 
         images, curve = synthesize(objective, images.to(res.device), low, high, config)
     for j, c in enumerate(classes):
         save_class_images(images[j * args.ipc:(j + 1) * args.ipc], res.spec, out / "images" / res.classes[c])
-    record = {"batch": b, "classes": [res.classes[c] for c in classes],
+    record = {"batch": b, "classes": [res.classes[c] for c in classes], "inputs": inputs,
               "seconds": time.perf_counter() - start, "curve": curve}
     atomic_write_json(marker_path(out, b), record)
     if curve:
@@ -195,13 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     config = SynthesisConfig(iterations=args.iterations, lr=args.lr, optimisation=cls.optimisation(args),
                              log_every=args.log_every) if cls.optimizes else None
     batches = class_batches(len(res.classes), args.ipc, args.batch_size)
-    todo = [b for b in ctx.shard(len(batches)) if not marker_path(out, b).exists()]
+    inputs = batch_inputs(res)
+    todo = pending_batches(out, ctx.shard(len(batches)), inputs)
     log.info("%s: %d classes x IPC %d in %d batches (%d to do on this rank), %d px, %s", args.method,
              len(res.classes), args.ipc, len(batches), len(todo), res.input_size, ctx.device)
     method = cls(res)
     try:
         for b in progress(todo, "class batches", ctx.is_main):
-            run_batch(args, b, batches[b], method, sources, config, out)
+            run_batch(args, b, batches[b], method, sources, config, out, inputs)
     finally:
         method.close()
     ctx.barrier()

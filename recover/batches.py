@@ -3,6 +3,9 @@ choice of real images per class."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 from common.data import select_per_class
@@ -18,6 +21,33 @@ def class_batches(num_classes: int, ipc: int, batch_size: int) -> list[list[int]
 def marker_path(out: Path, b: int) -> Path:
     """``OUT/progress/batch_<b>.json``: written when class batch ``b`` is finished."""
     return out / "progress" / f"batch_{b:05d}.json"
+
+
+def pending_batches(out: Path, indices: list[int], inputs: dict) -> list[int]:
+    """The class batches among ``indices`` still to do.
+
+    A batch is done when its marker exists and records the same ``inputs`` (what the
+    images depend on besides the arguments: the real data's fingerprint, the
+    teacher's and the experts' sha256; markers written before inputs were recorded
+    count as done). A marker from other inputs (e.g. the class
+    folders were replaced after a killed run) is stale: its images and the marker are
+    deleted, the batch is redone, and a log line says so.
+    """
+    todo = []
+    for b in indices:
+        path = marker_path(out, b)
+        if path.exists():
+            record = json.loads(path.read_text())
+            if record.get("inputs", inputs) == inputs:  # markers of earlier versions record no inputs
+                continue
+            changed = [k for k in inputs if record["inputs"].get(k) != inputs[k]]
+            logging.getLogger("wmdd.recover").warning(
+                "batch %d was made from other inputs (%s changed since); redoing it", b, ", ".join(changed))
+            for name in record["classes"]:
+                shutil.rmtree(out / "images" / name, ignore_errors=True)
+            path.unlink()
+        todo.append(b)
+    return todo
 
 
 def real_choice(dataset, ipc: int, seed: int) -> dict[int, list[int]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from common.config import stage_parser
+from common.bounds import COUNT, POSITIVE
+from common.config import add_classes_option, stage_parser
 from common.datasets import dataset_names
 from common.errors import UserError
 from recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
@@ -25,21 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "optional for the others (then only its classes and input size are used)")
     p.add_argument("--data-path", help="real dataset root (train/ is used for features and real images)")
     p.add_argument("--dataset", help=f"dataset spec when there is no --teacher ({', '.join(dataset_names())})")
-    p.add_argument("--input-size", type=int, help="image side in pixels when there is no --teacher "
+    p.add_argument("--input-size", type=COUNT, help="image side in pixels when there is no --teacher "
                                                   "(default: the dataset's)")
-    p.add_argument("--ipc", type=int, default=10, help="images per class")
-    p.add_argument("--batch-size", type=int, default=100,
+    add_classes_option(p)
+    p.add_argument("--ipc", type=COUNT, default=10, help="images per class")
+    p.add_argument("--batch-size", type=COUNT, default=100,
                    help="images per optimisation batch (batch-size // ipc classes per batch)")
-    p.add_argument("--iterations", "--iteration", dest="iterations", type=int,
+    p.add_argument("--iterations", "--iteration", dest="iterations", type=COUNT,
                    help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000; dance 10000]")
-    p.add_argument("--lr", type=float, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
+    p.add_argument("--lr", type=POSITIVE, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
                                             "dm, ddm 1.0 (SGD); dance 0.01 x IPC (SGD, [0, 1] pixel units)]")
     p.add_argument("--init", choices=list(INITS),
                    help="N(0,1) noise in normalised space, seeded real images of the class, or the real "
                         "images nearest one-to-one to the class's feature barycenter (medoid; wmdd, sre2l) "
                         "[wmdd, sre2l noise; dm, ddm, dance, random-real real; medoids medoid]")
-    p.add_argument("--train-per-class", type=int, help="use a seeded choice of N real images per class")
-    p.add_argument("--log-every", type=int, default=50, help="iterations between loss records")
+    p.add_argument("--train-per-class", type=COUNT, help="use a seeded choice of N real images per class")
+    p.add_argument("--log-every", type=COUNT, default=50, help="iterations between loss records")
     add_method_arguments(p)
     return p
 
@@ -62,12 +64,4 @@ def resolve_args(args: argparse.Namespace) -> type[RecoverMethod]:
         raise UserError(f"--method {cls.name} needs --teacher (a pretrain output directory)")
     if not args.teacher and not args.dataset:
         raise UserError(f"--method {cls.name} without --teacher needs --dataset ({', '.join(dataset_names())})")
-    checked = ["ipc", "batch_size", "log_every"] + (["iterations"] if cls.optimizes else [])
-    for name in checked:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if cls.optimizes and not args.lr > 0:
-        raise UserError(f"--lr {args.lr}: the learning rate must be > 0")
-    if args.input_size is not None and args.input_size < 1:
-        raise UserError(f"--input-size {args.input_size}: must be >= 1 pixel")
     return cls

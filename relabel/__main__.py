@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.bounds import COUNT, FRACTION, POSITIVE
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config, stage_parser
-from common.data import image_folder
+from common.data import distilled_images_dir, image_folder
 from common.distributed import setup
 from common.errors import UserError
 from common.io import sha256_files
@@ -37,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                      channels_last=False)
     p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
-    p.add_argument("--epochs", type=int, default=300, help="student epochs to record")
-    p.add_argument("--batch-size", type=int, default=100, help="student batch size (train must use the same)")
-    p.add_argument("--input-size", type=int, help="view side in pixels (default: the teacher's)")
-    p.add_argument("--min-scale-crops", type=float, default=0.08)
-    p.add_argument("--max-scale-crops", type=float, default=1.0)
+    p.add_argument("--epochs", type=COUNT, default=300, help="student epochs to record")
+    p.add_argument("--batch-size", type=COUNT, default=100, help="student batch size (train must use the same)")
+    p.add_argument("--input-size", type=COUNT, help="view side in pixels (default: the teacher's)")
+    p.add_argument("--min-scale-crops", type=FRACTION, default=0.08)
+    p.add_argument("--max-scale-crops", type=FRACTION, default=1.0)
     p.add_argument("--mix-type", default="cutmix", choices=MIX_TYPES)
-    p.add_argument("--mix-alpha", type=float, default=1.0, help="lambda ~ Beta(alpha, alpha)")
-    p.add_argument("--top-k", type=int, default=100,
+    p.add_argument("--mix-alpha", type=POSITIVE, default=1.0, help="lambda ~ Beta(alpha, alpha)")
+    p.add_argument("--top-k", type=COUNT, default=100,
                    help="logits kept per view (all classes when >= the number of classes)")
     return p
 
@@ -53,11 +54,10 @@ def list_images(images_dir: str | Path) -> tuple[list[str], list[int], list[str]
     """``(relative paths, labels, classes)`` of an ImageFolder of distilled images, sorted.
 
     Raises:
-        UserError: missing directory, no class folder, or an empty class folder.
+        UserError: as :func:`common.data.distilled_images_dir`, no class folder, or an
+            empty class folder.
     """
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise UserError(f"{images_dir}: image directory not found; pass recover's OUT/images (or any ImageFolder)")
+    images_dir = distilled_images_dir(images_dir)
     ds = image_folder(images_dir)
     rel = [str(Path(p).relative_to(images_dir)) for p, _ in ds.samples]
     return rel, [t for _, t in ds.samples], ds.classes
@@ -78,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("teacher", "images", "output_dir"):
         if not getattr(args, name):
             raise UserError(f"--{name.replace('_', '-')} is required")
-    if args.epochs < 1 or args.top_k < 1:
-        raise UserError(f"--epochs and --top-k must be >= 1, got {args.epochs} and {args.top_k}")
     out = Path(args.output_dir)
     ctx = setup(args.device)
     teacher = load_teacher(args.teacher, ctx.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from common.config import STAGES, config_defaults, load_yaml_section
 from common.datasets import get_spec
+from common.errors import UserError
 
 PARSER_MODULES = {"pretrain": "pretrain.__main__", "recover": "recover.options", "relabel": "relabel.__main__",
                   "train": "train.student"}
@@ -47,3 +49,21 @@ def test_large_image_presets_leave_jitter_to_scale(preset):
         section = load_yaml_section(preset, "recover")
         assert "jitter" not in section
         assert all("jitter" not in v for v in section.values() if isinstance(v, dict))
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("recover:\n  iterations: null\n", {"iterations": None}),  # null leaves the option unset
+    ("recover:\n  lr: 1.0e+400\n", "setting 'lr': inf is out of range: expected a number > 0"),
+    ("recover:\n  seed: 99999999999999999999\n", "expected an integer in [0, 2147483647]"),
+    ("train:\n  lr_scheduler: bogus\n", "setting 'lr_scheduler': 'bogus' is not one of"),  # dest shared with --cos
+])
+def test_yaml_values_are_checked_like_the_command_line(tmp_path, text, expect):
+    stage = text.split(":")[0]
+    path = tmp_path / "preset.yaml"
+    path.write_text(text)
+    parser = importlib.import_module(PARSER_MODULES[stage]).build_parser()
+    if isinstance(expect, dict):
+        assert config_defaults(parser, path, stage, VARIANTS.get(stage)) == expect
+    else:
+        with pytest.raises(UserError, match=re.escape(f"{path}: {stage} ") + ".*" + re.escape(expect)):
+            config_defaults(parser, path, stage, VARIANTS.get(stage))

@@ -208,7 +208,7 @@ def test_bad_experts_are_refused_without_a_manifest(case, expect, experts, cifar
 def test_zero_experts_is_refused(cifar_root, tmp_path):
     out = tmp_path / "out"
     proc = run_module("pretrain", "--experts", "0", "--data-path", cifar_root, "--output-dir", out, check=False)
-    assert proc.returncode == 2 and "--experts 0: the number of experts must be >= 1" in proc.stderr
+    assert proc.returncode == 2 and "argument --experts: '0' is out of range: expected an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
 
 

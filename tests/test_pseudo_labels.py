@@ -48,6 +48,18 @@ def _parse(tree, csv, allow=False):
                                   num_classes=len(CLASSES), allow_unmatched=allow)
 
 
+@pytest.mark.parametrize("sep,quote,space", [(";", "", ""), ("\t", "", ""), (";", '"', ""), (",", '"', " "),
+                                             (";", "", " ")], ids=["semicolon", "tab", "quoted", "spaced", "semi-spaced"])
+def test_spreadsheet_csv_dialects_read_like_the_plain_csv(tree, tmp_path, sep, quote, space):
+    root, images = tree
+    rows = [(os.path.relpath(images[i], root), i % len(CLASSES)) for i in (0, 3, 7)]
+    lines = [f"{quote}image_path{quote}{sep}{space}{quote}pseudo_label_class_index{quote}"]
+    lines += [f"{quote}{path}{quote}{sep}{space}{quote}{label}{quote}" for path, label in rows]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    assert _parse(tree, csv, allow=True).labels == {os.path.realpath(root / p): label for p, label in rows}
+
+
 rows_strategy = st.lists(st.tuples(st.integers(0, len(CLASSES) * PER_CLASS - 1), st.integers(0, len(CLASSES) - 1),
                                    st.sampled_from(["root", "train", "absolute"])), min_size=1, max_size=20,
                          unique_by=lambda r: r[0])

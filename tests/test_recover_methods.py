@@ -111,27 +111,36 @@ def init_teacher(cifar_root, tmp_path_factory):
     return out / "teacher"
 
 
-#: sha256 of ``sha256sum`` lines of the sorted PNGs of each run below, recorded with the
-#: code of commit 6465a73 (before the method registry) and ``init_teacher``, OMP_NUM_THREADS=1.
+#: sha256 of ``sha256sum`` lines of the sorted PNGs of each run below, made with the code
+#: of commit 6465a73 (before the method registry), ``init_teacher`` and OMP_NUM_THREADS=1.
+#: The float kernels torch picks depend on the CPU, so each digest set holds one entry
+#: per machine on which 6465a73 was run: the first development machine, and an Intel Xeon
+#: with AVX-512 (2026-12-02: 6465a73 and 8018323 gave the same images there).
 BEFORE_REGISTRY = {
-    "wmdd": ("5fff185622be17162be6b033a1dac08b1d5185d4d040cce8a8f1fc24467b8b6a", ["--method", "wmdd"]),
-    "sre2l": ("d8c011feac7b2f310edd6d56468045dc881b12545e437e7452c53fc1bac6f935", ["--method", "sre2l"]),
-    "random-real": ("6f7fb84e3e51ea5378d3a23eb8ca35f52c5f5cb6d92d68e98b663c21b6c36e8a", ["--method", "random-real"]),
-    "wmdd-init-real": ("4845fef69e280553786aa0d46dee33a2429274902d378009b29c5b74f6ef3729",
+    "wmdd": ({"5fff185622be17162be6b033a1dac08b1d5185d4d040cce8a8f1fc24467b8b6a",
+              "2bced8e774623ec920b9da74c869f3147d06e7fd2ad163f35025420fd937cb06"}, ["--method", "wmdd"]),
+    "sre2l": ({"d8c011feac7b2f310edd6d56468045dc881b12545e437e7452c53fc1bac6f935",
+               "1eb39efcfccfc9a6111afbd50ca9483369c6c766b37a575e307abb55c973ab7e"}, ["--method", "sre2l"]),
+    "random-real": ({"6f7fb84e3e51ea5378d3a23eb8ca35f52c5f5cb6d92d68e98b663c21b6c36e8a"},
+                    ["--method", "random-real"]),
+    "wmdd-init-real": ({"4845fef69e280553786aa0d46dee33a2429274902d378009b29c5b74f6ef3729",
+                        "106af721afd148102caff91c78c17cb176a57f00108d2ab1e8da28cc0a9c3cb2"},
                        ["--method", "wmdd", "--init", "real", "--no-per-class-bn"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BEFORE_REGISTRY))
 def test_wmdd_family_images_are_bit_identical_to_before_the_registry(case, init_teacher, cifar_root, tmp_path):
-    digest, flags = BEFORE_REGISTRY[case]
+    digests, flags = BEFORE_REGISTRY[case]
     out = tmp_path / case
     _recover(init_teacher, cifar_root, out, *flags, "--ipc", "2", "--batch-size", "4", "--iterations", "8",
              env=ONE_THREAD)
     files = sorted((out / "images").rglob("*.png"), key=lambda f: str(f.relative_to(out / "images")))
     lines = "".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  ./{f.relative_to(out / 'images')}\n"
                     for f in files)
-    assert hashlib.sha256(lines.encode()).hexdigest() == digest
+    digest = hashlib.sha256(lines.encode()).hexdigest()
+    assert digest in digests, (f"{case}: {digest} differs from 6465a73's images on every machine recorded; on a new "
+                               "machine, run this case with 6465a73 there and add its digest if it equals this one")
 
 
 def test_dm_runs_without_a_teacher(cifar_root, tmp_path):
@@ -145,12 +154,14 @@ def test_dm_runs_without_a_teacher(cifar_root, tmp_path):
 @pytest.mark.parametrize("case,flags,expect", [
     ("ipc larger than a class", ["--method", "dm", "--ipc", "21"], "20 images, fewer than --ipc 21"),
     ("unknown style", ["--method", "ddm", "--style", "texture"], "--style 'texture': expected one of both, mm"),
-    ("negative weight", ["--method", "ddm", "--icd-weight", "-1"], "--icd-weight -1.0: a loss weight must be >= 0"),
-    ("negative style weight", ["--method", "ddm", "--style-weight", "-5"], "--style-weight -5.0"),
+    ("negative weight", ["--method", "ddm", "--icd-weight", "-1"],
+     "argument --icd-weight: '-1' is out of range: expected a number >= 0"),
+    ("negative style weight", ["--method", "ddm", "--style-weight", "-5"], "--style-weight: '-5'"),
     ("unknown DSA family", ["--method", "dm", "--dsa-strategy", "color_blur"], "blur"),
     ("other method's option", ["--method", "dm", "--r-bn", "0.1"], "--r-bn is an option of --method sre2l, wmdd"),
     ("wmdd option on random-real", ["--method", "random-real", "--wb"], "--wb is an option of --method"),
-    ("zero learning rate", ["--method", "dm", "--lr", "0"], "--lr 0.0: the learning rate must be > 0"),
+    ("zero learning rate", ["--method", "dm", "--lr", "0"],
+     "argument --lr: '0' is out of range: expected a number > 0"),
     ("teacher needed", ["--method", "wmdd", "--no-teacher"], "--method wmdd needs --teacher"),
 ])
 def test_bad_method_input_is_refused_before_anything_is_written(case, flags, expect, tiny_teacher, cifar_root,

@@ -13,14 +13,13 @@ IPC, same student epochs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from common.cli import run_main
+from common.cli import StageParser, run_main
 from common.errors import UserError
 
 RUN = re.compile(r"^(?P<variant>.+)-ipc(?P<ipc>\d+)-s(?P<seed>\d+)$")
@@ -124,7 +123,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.fair_scores", description=__doc__.split("\n\n")[0])
+    p = StageParser(prog="python -m tools.fair_scores", description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", type=Path, help="benchmark output directory (dm_family.sh layout)")
     p.add_argument("--csv", type=Path, help="run.sh's results.csv instead of a benchmark directory")
     args = p.parse_args(argv)

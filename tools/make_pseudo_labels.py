@@ -23,12 +23,13 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
-from common.cli import run_main
+from common.bounds import COUNT, NON_NEGATIVE_INT, SEED
+from common.cli import StageParser, run_main
 from common.data import image_folder, split_dir
 from common.datasets import resolve_spec
 from common.distributed import resolve_device
 from common.errors import UserError
-from common.io import atomic_write_bytes
+from common.io import atomic_write_bytes, check_output_dir
 from common.transforms import eval_transform
 from models import parse_model_kwargs
 from models.teacher import load_any_teacher
@@ -64,25 +65,30 @@ def soft_confidence(distances: np.ndarray, assigned: np.ndarray) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.make_pseudo_labels", description=__doc__.split("\n\n")[0])
+    p = StageParser(prog="python -m tools.make_pseudo_labels", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="teacher.pt / pretrain directory, or a plain state dict")
     p.add_argument("--data-path", required=True, help="dataset root holding train/")
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--dataset", default="imagefolder", help="dataset spec for a plain state dict")
     p.add_argument("--model", default="resnet18", help="architecture of a plain state dict")
     p.add_argument("--model-kwargs", nargs="*", default=[])
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--clusters", type=int, help="K (default: number of classes)")
+    p.add_argument("--input-size", type=COUNT)
+    p.add_argument("--clusters", type=COUNT, help="K (default: number of classes)")
     p.add_argument("--no-mapping", action="store_true", help="label = cluster id (no Hungarian mapping)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=COUNT, default=256)
+    p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"--output {output}: is a directory; pass the CSV file to write, "
+                        f"e.g. {output / 'pseudo_labels.csv'}")
+    check_output_dir(output.parent, "--output's folder")
     device = resolve_device(args.device)
     folder = image_folder(split_dir(args.data_path, "train"))
     teacher = load_any_teacher(args.checkpoint, model=args.model,

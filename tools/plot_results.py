@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.cli import run_main  # noqa: E402
+from common.cli import StageParser, run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from tools.fair_scores import BASELINE, paired_differences  # noqa: E402
 
@@ -141,7 +140,7 @@ def plot(csv: Path, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.plot_results", description=__doc__.split("\n\n")[0])
+    p = StageParser(prog="python -m tools.plot_results", description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", type=Path, default=Path("runs/results.csv"))
     p.add_argument("--out", type=Path, default=Path("runs/plots"))
     p.add_argument("--table", action="store_true", help="also print a markdown table (mean +- std per IPC)")

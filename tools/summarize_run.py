@@ -9,14 +9,13 @@ may be absent, e.g. for pseudo-label runs) and ``train/results.json``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from common.cli import run_main
+from common.cli import StageParser, run_main
 from common.errors import UserError
 from common.io import atomic_write_bytes
 
@@ -79,20 +78,42 @@ def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, t
     return row
 
 
-def append_row(csv: Path, row: dict) -> None:
-    """Append ``row`` to ``csv`` (created with a header when missing); a row of the
-    same train directory (a re-run of a finished experiment) is replaced, not repeated.
+def read_results(csv: Path) -> pd.DataFrame | None:
+    """The rows of the results file ``csv`` (``None`` when it does not exist yet).
 
     Raises:
-        UserError: the existing file has other columns.
+        UserError: not a readable CSV, or other columns than this toolkit's (names the file).
+    """
+    if not csv.is_file():
+        return None
+    try:
+        old = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{csv}: not a readable results file ({str(exc).strip()}); fix or move it away, then "
+                        "rerun the same command (finished stages are skipped)") from None
+    if list(old.columns) == COLUMNS[:-1]:
+        old["protocol"] = "fkd"  # written before the DSA protocol existed
+    if list(old.columns) != COLUMNS:
+        raise UserError(f"{csv}: has columns {list(old.columns)[:5]}... not this toolkit's; move it away")
+    return old
+
+
+def append_row(csv: Path, row: dict) -> None:
+    """Append ``row`` to ``csv`` (created with a header when missing); a row of the
+    same train directory (a re-run of a finished experiment) is replaced, not repeated,
+    and keeps the earlier row's wall time of every stage that did not run this time
+    (``row[f"{stage}_s"]`` is ``None``: the stage was already finished).
+
+    Raises:
+        UserError: as :func:`read_results`; nothing is written.
     """
     table = pd.DataFrame([row], columns=COLUMNS)
-    if csv.is_file():
-        old = pd.read_csv(csv)
-        if list(old.columns) == COLUMNS[:-1]:
-            old["protocol"] = "fkd"  # written before the DSA protocol existed
-        if list(old.columns) != COLUMNS:
-            raise UserError(f"{csv}: has columns {list(old.columns)[:5]}... not this toolkit's; move it away")
+    old = read_results(csv)
+    if old is not None:
+        earlier = old[old["train_dir"] == row["train_dir"]]
+        for stage in ("pretrain", "recover", "relabel", "train"):
+            if row[f"{stage}_s"] is None and len(earlier):
+                table[f"{stage}_s"] = earlier[f"{stage}_s"].iloc[-1]
         old = old[old["train_dir"] != row["train_dir"]]
         table = pd.concat([old, table], ignore_index=True) if len(old) else table
     atomic_write_bytes(csv, table.to_csv(index=False).encode())
@@ -139,9 +160,12 @@ def comparison_table(csv: Path, experiments: list[str], baseline: str | None = N
     fair score, :func:`fair_difference` of each experiment's top-1 to the baseline's.
 
     Raises:
-        UserError: an experiment or the baseline has no row.
+        UserError: ``csv`` is missing or unreadable (:func:`read_results`), or an
+            experiment or the baseline has no row.
     """
-    table = pd.read_csv(csv)
+    table = read_results(csv)
+    if table is None:
+        raise UserError(f"{csv}: no results file; run the experiments first")
     names = experiments + ([baseline] if baseline and baseline not in experiments else [])
     rows = {}
     for name in names:
@@ -167,7 +191,7 @@ def comparison_table(csv: Path, experiments: list[str], baseline: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.summarize_run", description=__doc__.split("\n\n")[0])
+    p = StageParser(prog="python -m tools.summarize_run", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("append", help="summarise one experiment and append (or replace) its row")
     a.add_argument("--experiment-dir", required=True, type=Path)
@@ -184,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "table":
         print(comparison_table(args.results_csv, args.experiments, args.baseline))
         return 0
+    read_results(args.results_csv)  # a file that cannot take the row is refused before anything else
     timings = {k: float(v) for k, v in (t.split("=", 1) for t in args.time)}
     row = summarize(args.teacher_dir, args.experiment_dir, args.experiment, timings)
     append_row(args.results_csv, row)

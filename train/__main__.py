@@ -30,7 +30,7 @@ from common.config import parse_with_config, save_resolved_config
 from common.distributed import setup
 from common.io import atomic_write_json
 from common.loaders import eval_loader
-from common.manifest import finished_with_same_args, run_arguments, write_manifest
+from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from common.soft_labels import meta_path
 from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
 from models import create_model, parse_model_kwargs
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        record_run_args(out, "train", run_args)
         save_resolved_config(args, out / "config.yaml")
     state = ResumableRun(out, run_args, RESUME_IGNORES, ctx, model, optimizer, scheduler)
     start, val = state.resume()
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             inputs["soft_labels_meta"] = meta_path(run.soft.dir)
         if run.teacher is not None:
             inputs["teacher"] = run.teacher.path
-        write_manifest(out, stage="train", args=run_args, outputs=["results.json", "metrics.jsonl", "last.pt",
-                                                                   "config.yaml"],
+        # last.pt (resume state) is not an output: deleting it after the run loses nothing
+        write_manifest(out, stage="train", args=run_args, outputs=["results.json", "metrics.jsonl", "config.yaml"],
                        dataset=run.spec.to_dict(), classes=run.classes, model=args.model, inputs=inputs,
                        extra={"results": results})
         log.info("student %s: top-1 %.2f%%  top-5 %.2f%% on %d real val images", args.model, val["top1"],

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torchvision.datasets import ImageFolder
 
-from common.data import image_folder, with_transform
+from common.data import distilled_images_dir, image_folder, with_transform
 from common.errors import UserError
 from common.io import sha256_files
 
@@ -48,11 +48,10 @@ def load_image_set(images_dir: str | Path) -> ImageSet:
     """The images of ``images_dir/<class>/*``.
 
     Raises:
-        UserError: missing directory, no class folders or an empty class folder.
+        UserError: as :func:`common.data.distilled_images_dir`, no class folders or an
+            empty class folder.
     """
-    root = Path(images_dir)
-    if not root.is_dir():
-        raise UserError(f"{root}: image directory not found; pass recover's OUT/images (or any ImageFolder)")
+    root = distilled_images_dir(images_dir)
     ds = image_folder(root)
     return ImageSet(root, [str(Path(p).relative_to(root)) for p, _ in ds.samples],
                     torch.tensor(ds.targets, dtype=torch.int64), ds.classes)

@@ -10,6 +10,7 @@ data rows from 1 (the header is line 1, so row N is line N + 1).
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -48,6 +49,20 @@ def _resolve(raw: str, root: Path, train_dir: Path) -> list[Path]:
     return [root / p, train_dir / p]
 
 
+def _delimiter(csv_path: Path) -> str:
+    """The delimiter among ``,`` ``;`` and tab that splits the header line (quoted or
+    not) into the required columns (``,`` when none does; the missing-column error then shows what was read)."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            header = f.readline()
+    except UnicodeDecodeError:
+        return ","
+    for sep in (",", ";", "\t"):
+        if set(REQUIRED) <= {c.strip() for c in next(csv.reader([header.rstrip("\r\n")], delimiter=sep), [])}:
+            return sep
+    return ","
+
+
 def parse_pseudo_label_csv(csv_path: str | Path, *, dataset_root: str | Path, train_dir: str | Path,
                            train_images: list[str], num_classes: int, allow_unmatched: bool = False) -> PseudoLabels:
     """Read and validate a pseudo-label CSV against the train split.
@@ -71,12 +86,15 @@ def parse_pseudo_label_csv(csv_path: str | Path, *, dataset_root: str | Path, tr
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: pseudo-label CSV not found")
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(csv_path, sep=_delimiter(csv_path), dtype=str, keep_default_na=False,
+                            skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{csv_path}: not a readable CSV ({exc})") from None
+    table = table.rename(columns=str.strip).apply(lambda column: column.str.strip())
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
-        raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)}; the CSV needs {', '.join(REQUIRED)}")
+        raise UserError(f"{csv_path}: missing column(s) {', '.join(missing)}; the CSV needs {', '.join(REQUIRED)} "
+                        f"(its header was read as the columns {list(table.columns)})")
     root = Path(os.path.realpath(dataset_root))
     train_dir = Path(os.path.realpath(train_dir))
     train_set = {os.path.realpath(p) for p in train_images}

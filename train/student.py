@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common.config import stage_parser
-from common.data import image_folder, load_image, split_dir, with_transform
+from common.bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
+from common.config import add_classes_option, stage_parser
+from common.data import image_folder, load_image, resolve_classes, split_dir, with_transform
 from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
@@ -67,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1,000 epochs; dance = dsa + CutMix 0.5, --factor 2, batch 64, 1,500 epochs, lr x0.2 at 2/3 "
                         "and 5/6, DSA without cutout (each explicitly given option still wins)")
     p.add_argument("--dsa-strategy", default=DEFAULT_STRATEGY, help="DSA transform families (--protocol dsa, dance)")
-    p.add_argument("--cutmix-prob", type=float, default=0.0,
+    p.add_argument("--cutmix-prob", type=PROBABILITY, default=0.0,
                    help="--protocol dsa/dance: probability of CutMix per batch, after DSA (dance: 0.5)")
-    p.add_argument("--factor", type=int, default=1,
+    p.add_argument("--factor", type=COUNT, default=1,
                    help="--protocol dsa/dance: multi-formation factor of the stored images; each decodes into "
                         "factor^2 training images (dance: 2)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
@@ -84,27 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help=f"dataset spec for --hard-labels/--train-dir runs ({', '.join(dataset_names())})")
     p.add_argument("--model", default="resnet18", help=f"student: {', '.join(model_names())}")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("-T", "--temperature", type=float, default=20.0)
-    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of distillation added to pseudo-label CE")
+    p.add_argument("--epochs", type=COUNT, default=300)
+    p.add_argument("--batch-size", type=COUNT, default=100)
+    p.add_argument("-T", "--temperature", type=POSITIVE, default=20.0)
+    p.add_argument("--kd-weight", type=NON_NEGATIVE, default=1.0,
+                   help="weight of distillation added to pseudo-label CE")
     p.add_argument("--opt", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--wd", type=float, default=0.01, help="weight decay")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", type=POSITIVE, default=0.001)
+    p.add_argument("--wd", type=NON_NEGATIVE, default=0.01, help="weight decay")
+    p.add_argument("--momentum", type=MOMENTUM, default=0.9)
     p.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "step", "half", "multistep", "none"])
     p.add_argument("--cos", dest="lr_scheduler", action="store_const", const="cosine",
                    help="cosine schedule (WMDD's spelling)")
-    p.add_argument("--input-size", type=int, help="view side in pixels (default: recorded / teacher / dataset)")
-    p.add_argument("--min-scale-crops", type=float, help="views without stored soft labels (default 0.08)")
-    p.add_argument("--max-scale-crops", type=float, help="views without stored soft labels (default 1.0)")
+    p.add_argument("--input-size", type=COUNT, help="view side in pixels (default: recorded / teacher / dataset)")
+    add_classes_option(p)
+    p.add_argument("--min-scale-crops", type=FRACTION, help="views without stored soft labels (default 0.08)")
+    p.add_argument("--max-scale-crops", type=FRACTION, help="views without stored soft labels (default 1.0)")
     p.add_argument("--mix-type", choices=MIX_TYPES, help="views without stored soft labels (default cutmix)")
-    p.add_argument("--mix-alpha", type=float, help="views without stored soft labels (default 1.0)")
+    p.add_argument("--mix-alpha", type=POSITIVE, help="views without stored soft labels (default 1.0)")
     p.add_argument("--sample-weights", help="per-image weights CSV (default: recover's sample_weights.csv)")
     p.add_argument("--no-sample-weights", action="store_true", help="ignore sample weights")
-    p.add_argument("--val-every", type=int, default=10, help="evaluate every N epochs (and at the end)")
-    p.add_argument("--val-per-class", type=int, help="evaluate on a seeded choice of N images per class")
-    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--val-every", type=COUNT, default=10, help="evaluate every N epochs (and at the end)")
+    p.add_argument("--val-per-class", type=COUNT, help="evaluate on a seeded choice of N images per class")
+    p.add_argument("--eval-batch-size", type=COUNT, default=256)
     return p
 
 
@@ -118,15 +121,9 @@ def training_mode(args) -> str:
     for name in ("data_path", "output_dir"):
         if not getattr(args, name):
             raise UserError(f"--{name.replace('_', '-')} is required")
-    if args.epochs < 1 or args.batch_size < 1 or args.val_every < 1:
-        raise UserError("--epochs, --batch-size and --val-every must be >= 1")
     if args.protocol not in DSA_PROTOCOLS and (args.cutmix_prob or args.factor != 1):
         raise UserError("--cutmix-prob and --factor are options of --protocol dsa or dance; drop them or pick "
                         "one of those protocols")
-    if not 0 <= args.cutmix_prob <= 1:
-        raise UserError(f"--cutmix-prob {args.cutmix_prob}: a probability must be in [0, 1]")
-    if args.factor < 1:
-        raise UserError(f"--factor {args.factor}: the multi-formation factor must be >= 1")
     if args.train_dir:
         if args.images or args.soft_labels:
             raise UserError("--train-dir trains on real images: drop --images/--soft-labels")
@@ -179,6 +176,7 @@ class StudentRun:
         self.soft: SoftLabels | None = None
         self.images: ImageSet | None = None
         self.weights: torch.Tensor | None = None
+        self.subset = resolve_classes(args.classes, split_dir(args.data_path, "train")) if args.classes else None
         if args.online_teacher:
             self.teacher = load_teacher(args.online_teacher, ctx.device)
         if self.mode == "real":
@@ -189,7 +187,7 @@ class StudentRun:
             self._setup_planned()
         val_dir = split_dir(args.data_path, "val")
         self.val = image_folder(val_dir, eval_transform(self.spec, self.input_size), classes=self.classes,
-                                per_class=args.val_per_class, seed=args.seed)
+                                per_class=args.val_per_class, seed=args.seed, subset=self.subset)
 
     def _spec_from_args(self) -> DatasetSpec:
         if self.teacher is not None:
@@ -289,7 +287,7 @@ class StudentRun:
         args = self.args
         self.spec = self._spec_from_args()
         self.input_size = args.input_size or (self.teacher.input_size if self.teacher else self.spec.image_size)
-        folder = image_folder(args.train_dir)
+        folder = image_folder(args.train_dir, subset=self.subset)
         self.classes = folder.classes
         if self.teacher is not None and self.teacher.classes != self.classes:
             raise UserError(f"{args.train_dir}: class folders differ from the teacher's ({self.teacher.path})")

@@ -46,6 +46,7 @@ import argparse
 import torch
 import torch.nn as nn
 
+from common.bounds import COUNT, NON_NEGATIVE
 from common.dsa import DSAParams, apply_sequence, draw_sequence
 from common.errors import UserError
 from common.multiformation import decode, encode
@@ -94,10 +95,10 @@ class DANCE(MatchingMethod):
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--experts", help="pretrain output directory holding experts.pt "
                                              "(python -m pretrain --experts N)")
-        group.add_argument("--num-experts", type=int, help="draw from the first K experts of the file [5]")
-        group.add_argument("--calib-weight", type=float, help="weight of the expert-calibration "
+        group.add_argument("--num-experts", type=COUNT, help="draw from the first K experts of the file [5]")
+        group.add_argument("--calib-weight", type=NON_NEGATIVE, help="weight of the expert-calibration "
                                                               "cross-entropy (inter-class view) [1]")
-        group.add_argument("--factor", type=int, help="multi-formation factor: factor x factor tiles per "
+        group.add_argument("--factor", type=COUNT, help="multi-formation factor: factor x factor tiles per "
                                                       "stored image (1: off) [2]")
 
     @classmethod
@@ -105,17 +106,11 @@ class DANCE(MatchingMethod):
         """Also sets ``--lr`` to the paper's 0.01 x IPC when it is unset.
 
         Raises:
-            UserError: no ``--experts``, or an out-of-range value.
+            UserError: no ``--experts`` (the ranges are checked by the parser, :mod:`common.bounds`).
         """
         super().check(args)
         if not args.experts:
             raise UserError("--method dance needs --experts DIR (the output of python -m pretrain --experts N)")
-        if args.num_experts < 1:
-            raise UserError(f"--num-experts {args.num_experts}: must be >= 1")
-        if args.factor < 1:
-            raise UserError(f"--factor {args.factor}: the multi-formation factor must be >= 1")
-        if not args.calib_weight >= 0:
-            raise UserError(f"--calib-weight {args.calib_weight}: a loss weight must be >= 0")
         if args.lr is None:
             args.lr = 0.01 * args.ipc
 

@@ -29,6 +29,7 @@ import argparse
 
 import torch
 
+from common.bounds import NON_NEGATIVE
 from common.errors import UserError
 from models.convnet import block_outputs
 from recover.matching import (class_gram, class_moments, correlation_loss, icd_loss, icd_neighbours,
@@ -52,12 +53,13 @@ class DDM(DM):
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--style", help=f"style-matching terms: {', '.join(STYLES)} [both]")
-        group.add_argument("--style-weight", type=float, help="lambda, weight of the style terms [1e4]")
-        group.add_argument("--mm-weight", type=float, help="alpha, weight of moments matching inside the style "
-                                                           "term [1]")
-        group.add_argument("--icd-weight", type=float, help="beta, weight of intra-class diversity (0: off) [10]")
-        group.add_argument("--style-features", help="where the block feature maps are read: pre-norm "
-                                                    "(convolution output) or post-norm (instance-norm output) [post-norm]")
+        group.add_argument("--style-weight", type=NON_NEGATIVE, help="lambda, weight of the style terms [1e4]")
+        group.add_argument("--mm-weight", type=NON_NEGATIVE,
+                           help="alpha, weight of moments matching inside the style term [1]")
+        group.add_argument("--icd-weight", type=NON_NEGATIVE,
+                           help="beta, weight of intra-class diversity (0: off) [10]")
+        group.add_argument("--style-features", help="where the block feature maps are read: pre-norm (convolution "
+                                                    "output) or post-norm (instance-norm output) [post-norm]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
@@ -66,9 +68,6 @@ class DDM(DM):
             raise UserError(f"--style {args.style!r}: expected one of {', '.join(STYLES)}")
         if args.style_features not in FEATURE_POINTS:
             raise UserError(f"--style-features {args.style_features!r}: expected pre-norm or post-norm")
-        for name in ("style_weight", "mm_weight", "icd_weight"):
-            if not getattr(args, name) >= 0:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: a loss weight must be >= 0")
 
     def __init__(self, resources: Resources):
         super().__init__(resources)

@@ -22,6 +22,7 @@ import argparse
 import torch
 import torch.nn as nn
 
+from common.bounds import COUNT, MOMENTUM
 from common.dsa import DEFAULT_STRATEGY, DSAParams, siamese
 from common.errors import UserError
 from common.training import derive_seed
@@ -47,19 +48,15 @@ class MatchingMethod(RecoverMethod):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--batch-real", type=int, help="real images per class and iteration "
+        group.add_argument("--batch-real", type=COUNT, help="real images per class and iteration "
                                                           "[dm, ddm 256; dance 128]")
         group.add_argument("--dsa-strategy", help="DSA transform families, '_'-separated "
                                                   f"[dm, ddm {DEFAULT_STRATEGY}, one per draw; dance "
                                                   "color_crop_cutout, all in turn]")
-        group.add_argument("--momentum", type=float, help="SGD momentum on the pixels [0.5]")
+        group.add_argument("--momentum", type=MOMENTUM, help="SGD momentum on the pixels [0.5]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
-        if args.batch_real < 1:
-            raise UserError(f"--batch-real {args.batch_real}: must be >= 1")
-        if not 0 <= args.momentum < 1:
-            raise UserError(f"--momentum {args.momentum}: must be in [0, 1)")
         DSAParams(strategy=args.dsa_strategy)
 
     @classmethod

@@ -200,7 +200,8 @@ def get_method(name: str) -> type[RecoverMethod]:
 def _defining_classes() -> list[type[RecoverMethod]]:
     """Classes (registered methods and their bases) that add options of their own."""
     return sorted({c for m in _METHODS.values() for c in m.__mro__
-                   if "add_arguments" in c.__dict__ and c is not RecoverMethod}, key=lambda c: c.name)
+                   if "add_arguments" in c.__dict__ and c is not RecoverMethod},
+                  key=lambda c: (c.name, c.__module__, c.__qualname__))  # base classes share a name
 
 
 def own_options() -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from common.bounds import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT
 from common.errors import UserError
 from recover.losses import RecoverObjective
 from recover.methods.registry import Objective, RecoverMethod, Resources, register_method
@@ -68,12 +69,7 @@ class BarycenterMethod(RecoverMethod):
                            help="exact: k-means++-initialised alternation; pot: WMDD's POT path [exact]")
         group.add_argument("--weight-wb", action="store_true", default=None,
                            help="free barycenter weights (k-means masses) [off]")
-        group.add_argument("--feature-batch-size", type=int, help="batch of the teacher feature pass [256]")
-
-    @classmethod
-    def check(cls, args: argparse.Namespace) -> None:
-        if args.feature_batch_size < 1:
-            raise UserError(f"--feature-batch-size {args.feature_batch_size}: must be >= 1")
+        group.add_argument("--feature-batch-size", type=COUNT, help="batch of the teacher feature pass [256]")
 
 
 @register_method
@@ -90,31 +86,26 @@ class WMDD(BarycenterMethod):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--r-bn", type=float, help="weight of the BN term (lambda, WMDD Eq. 7) [0.01]")
-        group.add_argument("--r-ce", type=float, help="weight of the teacher's cross-entropy [wmdd 0, sre2l 1]")
+        group.add_argument("--r-bn", type=NON_NEGATIVE, help="weight of the BN term (lambda, WMDD Eq. 7) [0.01]")
+        group.add_argument("--r-ce", type=NON_NEGATIVE, help="weight of the teacher's cross-entropy [wmdd 0, sre2l 1]")
         group.add_argument("--wb", action=argparse.BooleanOptionalAction,
                            help="barycenter feature-matching term (WMDD Eq. 5) [wmdd on, sre2l off]")
         group.add_argument("--per-class-bn", action=argparse.BooleanOptionalAction,
                            help="per-class (WMDD Eq. 6) instead of global (SRe2L) BN statistics "
                                 "[wmdd on, sre2l off]")
-        group.add_argument("--first-bn-multiplier", type=float, help="extra weight of the first BN layer [10]")
-        group.add_argument("--jitter", type=int, help="random roll in pixels [input size * 32/224]")
+        group.add_argument("--first-bn-multiplier", type=NON_NEGATIVE, help="extra weight of the first BN layer [10]")
+        group.add_argument("--jitter", type=NON_NEGATIVE_INT, help="random roll in pixels [input size * 32/224]")
         group.add_argument("--random-crop", action=argparse.BooleanOptionalAction,
                            help="random-resized crop of the batch each iteration [on; SRe2L's CIFAR recipe: off]")
         group.add_argument("--flip", action=argparse.BooleanOptionalAction,
                            help="random horizontal flip of the batch each iteration [on]")
-        group.add_argument("--min-scale", type=float, help="random-resized-crop minimum area [0.08]")
-        group.add_argument("--max-scale", type=float, help="random-resized-crop maximum area [1.0]")
+        group.add_argument("--min-scale", type=FRACTION, help="random-resized-crop minimum area [0.08]")
+        group.add_argument("--max-scale", type=FRACTION, help="random-resized-crop maximum area [1.0]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
         if not 0 < args.min_scale <= args.max_scale <= 1:
             raise UserError(f"crop scales must satisfy 0 < min ({args.min_scale}) <= max ({args.max_scale}) <= 1")
-        for name in ("r_bn", "r_ce", "first_bn_multiplier"):
-            if getattr(args, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: a loss weight must be >= 0")
-        if args.jitter is not None and args.jitter < 0:
-            raise UserError(f"--jitter {args.jitter}: must be >= 0 pixels")
         super().check(args)
         if not (args.wb or args.r_bn > 0 or args.r_ce > 0):
             raise UserError("every loss term is off (--no-wb, --r-bn 0, --r-ce 0): nothing to optimise")

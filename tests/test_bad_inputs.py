@@ -1,0 +1,332 @@
+"""Bad input, stage by stage: one table of cases that must end with exit status 2 and a
+one-line error naming the file, value or key, with nothing written and nothing that
+existed changed; a property test over every numeric option of every parser; and the
+cases where a finished-looking directory is not finished (deleted or swapped outputs,
+stale recover batches)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.bounds import Bounded
+from common.cli import run_main
+from tests.conftest import run_module
+
+#: Every command-line parser of the toolkit with numeric options, by module.
+PARSERS = {
+    "pretrain": lambda: importlib.import_module("pretrain.__main__").build_parser(),
+    "recover": lambda: importlib.import_module("recover.options").build_parser(),
+    "relabel": lambda: importlib.import_module("relabel.__main__").build_parser(),
+    "train": lambda: importlib.import_module("train.student").build_parser(),
+    "tools.make_pseudo_labels": lambda: importlib.import_module("tools.make_pseudo_labels").build_parser(),
+    "common.prepare extract": lambda: _subparser(importlib.import_module("common.prepare").build_parser(), "extract"),
+    "common.prepare digits": lambda: _subparser(importlib.import_module("common.prepare").build_parser(), "digits"),
+}
+
+
+#: Arguments the parsers require, so that a parse fails only over the option under test.
+REQUIRED = {"tools.make_pseudo_labels": ["--checkpoint", "c", "--data-path", "d", "--output", "o"],
+            "common.prepare extract": ["archive.tar", "dest"], "common.prepare digits": ["dest"]}
+
+
+@functools.cache
+def _parser(name: str) -> argparse.ArgumentParser:
+    return PARSERS[name]()
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def _numeric_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.type in (int, float) or isinstance(a.type, Bounded)]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _call(module: str, argv: list, capsys) -> tuple[int, str]:
+    """Run ``python -m module argv`` in this process; its exit status and stderr."""
+    main = importlib.import_module(module if "." in module else f"{module}.__main__").main
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, [str(a) for a in argv])
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_teacher, cifar_root, tmp_path_factory) -> dict[str, Path]:
+    """A finished random-real recover run (IPC 2) and a 2-epoch relabel of it."""
+    root = tmp_path_factory.mktemp("finished")
+    recover, relabel = root / "recover", root / "relabel"
+    run_module("recover", *_recover_args(tiny_teacher, cifar_root, recover))
+    run_module("relabel", *_relabel_args(tiny_teacher, recover / "images", relabel))
+    return {"recover": recover, "relabel": relabel}
+
+
+def _recover_args(teacher, data, out) -> list:
+    return ["--teacher", teacher, "--data-path", data, "--output-dir", out, "--method", "random-real",
+            "--ipc", "2", "--batch-size", "10", "--workers", "0"]
+
+
+def _relabel_args(teacher, images, out) -> list:
+    return ["--teacher", teacher, "--images", images, "--output-dir", out, "--epochs", "2", "--batch-size", "10",
+            "--workers", "0"]
+
+
+def _train_args(teacher, images, soft, data, out) -> list:
+    return ["--images", images, "--soft-labels", soft, "--teacher", teacher, "--data-path", data,
+            "--output-dir", out, "--model", "convnet", "--epochs", "2", "--batch-size", "10", "--workers", "0"]
+
+
+def _yaml(tmp: Path, text: str) -> Path:
+    path = tmp / "preset.yaml"
+    path.write_text(text)
+    return path
+
+
+def _file(tmp: Path) -> Path:
+    path = tmp / "a_file"
+    path.write_text("not a directory\n")
+    return path
+
+
+def _unreadable_results(tmp: Path) -> Path:
+    path = tmp / "results.csv"
+    path.write_text('finished_at,experiment\n"2026-11-01,broken\nx,y,z,w\n')
+    return path
+
+
+#: (case, module, argv builder taking (ctx, tmp), expected text in the one-line error).
+#: ``ctx`` holds the teacher, the data root, the finished runs and a scratch output dir.
+CASES = [
+    ("pretrain lr 0", "pretrain", lambda c, t: ["--data-path", c["data"], "--output-dir", c["out"], "--lr", "0"],
+     "argument --lr: '0' is out of range: expected a number > 0"),
+    ("pretrain negative lr", "pretrain",
+     lambda c, t: ["--data-path", c["data"], "--output-dir", c["out"], "--lr", "-0.1"], "argument --lr: '-0.1'"),
+    ("recover lr 0", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6]
+     + ["--method", "wmdd", "--lr", "0"], "argument --lr: '0' is out of range"),
+    ("recover negative r-bn", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6]
+     + ["--method", "wmdd", "--r-bn", "-1"], "argument --r-bn: '-1' is out of range: expected a number >= 0"),
+    ("train lr 0", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], c["out"])
+     + ["--lr", "0"], "argument --lr: '0'"),
+    ("train temperature 0", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"],
+                                                               c["out"]) + ["-T", "0"],
+     "argument -T/--temperature: '0' is out of range"),
+    ("negative workers", "relabel", lambda c, t: _relabel_args(c["teacher"], c["images"], c["out"])
+     + ["--workers", "-1"], "argument --workers: '-1' is out of range: expected an integer >= 0"),
+    ("negative input size", "pretrain", lambda c, t: ["--data-path", c["data"], "--output-dir", c["out"],
+                                                      "--input-size", "-8"], "argument --input-size: '-8'"),
+    ("input size 0", "recover", lambda c, t: ["--dataset", "cifar10", "--data-path", c["data"], "--output-dir",
+                                              c["out"], "--method", "random-real", "--input-size", "0"],
+     "argument --input-size: '0' is out of range: expected an integer >= 1"),
+    ("clusters 0", "tools.make_pseudo_labels", lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"],
+                                                            "--output", c["out"] / "pl.csv", "--clusters", "0"],
+     "argument --clusters: '0'"),
+    ("yaml text for an integer", "train",
+     lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], c["out"])
+     + ["--config", _yaml(t, "train:\n  eval_batch_size: thirty-two\n")],
+     "preset.yaml: train setting 'eval_batch_size': 'thirty-two' is not an integer >= 1"),
+    ("yaml fraction for an integer", "train",
+     lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], c["out"])
+     + ["--config", _yaml(t, "eval_batch_size: 32.5\n")], "preset.yaml: train setting 'eval_batch_size': 32.5"),
+    ("yaml method sub-section", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])
+     + ["--config", _yaml(t, "recover:\n  random-real: {log_every: 2.5}\n")],
+     "preset.yaml: recover.random_real setting 'log_every': 2.5 is not an integer >= 1"),
+    ("yaml negative weight", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])
+     + ["--config", _yaml(t, "recover:\n  r_bn: -1\n")], "setting 'r_bn': -1 is out of range"),
+    ("yaml unknown choice", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"],
+                                                              c["out"]) + ["--config", _yaml(t, "opt: lion\n")],
+     "preset.yaml: train setting 'opt': 'lion' is not one of adamw, sgd"),
+    ("pretrain output is a file", "pretrain", lambda c, t: ["--data-path", c["data"], "--output-dir", _file(t)],
+     "a_file is an existing file, not a directory"),
+    ("recover output is a file", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], _file(t)),
+     "a_file is an existing file, not a directory"),
+    ("relabel output under a file", "relabel",
+     lambda c, t: _relabel_args(c["teacher"], c["images"], _file(t) / "relabel"), "a_file is an existing file"),
+    ("train output is a file", "train",
+     lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], _file(t)), "is an existing file"),
+    ("prepare destination is a file", "common.prepare",
+     lambda c, t: ["digits", _file(t)], "destination", ),
+    ("pseudo-label output is a directory", "tools.make_pseudo_labels",
+     lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"], "--output", t],
+     "is a directory; pass the CSV file to write"),
+    ("relabel given the recover directory", "relabel",
+     lambda c, t: _relabel_args(c["teacher"], c["images"].parent, c["out"]),
+     "is a recover output directory, not an image folder; pass"),
+    ("malformed results file", "tools.summarize_run",
+     lambda c, t: ["append", "--experiment-dir", c["out"], "--experiment", "x", "--results-csv",
+                   _unreadable_results(t)], "results.csv: not a readable results file"),
+]
+
+
+@pytest.mark.parametrize("case,module,build,expect", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_one_line_and_nothing_written(case, module, build, expect, finished, tiny_teacher,
+                                                                 cifar_root, tmp_path, capsys):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ctx = {"teacher": tiny_teacher, "data": cifar_root, "images": finished["recover"] / "images",
+           "soft": finished["relabel"], "out": tmp_path / "out"}
+    argv = build(ctx, scratch)
+    before = _snapshot(tmp_path)
+    watched = {name: _snapshot(path) for name, path in finished.items()}
+    code, err = _call(module, argv, capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert last.startswith("error: ") and expect in last, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert _snapshot(tmp_path) == before
+    assert {name: _snapshot(path) for name, path in finished.items()} == watched
+
+
+def test_every_numeric_option_is_range_checked():
+    for name in PARSERS:
+        bare = [a.option_strings for a in _numeric_actions(_parser(name)) if not isinstance(a.type, Bounded)]
+        assert not bare, f"{name}: numeric options without a range: {bare}"
+
+
+NUMERIC = [(name, a.option_strings[-1]) for name in PARSERS for a in _numeric_actions(_parser(name))]
+
+TEXT = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                 st.sampled_from(["0", "-0", "1e-3", "0.5", "1", "-1", "1.0", "nan", "inf", "", " 3", "2**4"]),
+                 st.text(max_size=6))
+
+
+@pytest.mark.parametrize("parser_name,option", NUMERIC, ids=[f"{p}{o}" for p, o in NUMERIC])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXT)
+def test_numeric_option_values_are_accepted_in_range_or_refused_in_one_line(parser_name, option, text, capsys):
+    parser = _parser(parser_name)
+    action = next(a for a in parser._actions if option in a.option_strings)
+    capsys.readouterr()
+    try:
+        value = getattr(parser.parse_known_args(REQUIRED.get(parser_name, []) + [f"{option}={text}"])[0],
+                        action.dest)
+    except SystemExit as exc:
+        err = capsys.readouterr().err
+        assert exc.code == 2
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: argument "), err
+        return
+    assert isinstance(value, action.type.kind) and action.type.contains(value), (text, value)
+
+
+def test_finished_recover_with_a_deleted_image_is_not_finished(finished, tiny_teacher, cifar_root, tmp_path, capsys):
+    out = tmp_path / "recover"
+    shutil.copytree(finished["recover"], out)
+    victim = sorted((out / "images" / "cat").iterdir())[0]
+    victim.unlink()
+    code, err = _call("recover", _recover_args(tiny_teacher, cifar_root, out), capsys)
+    assert code == 2 and f"{victim}: listed by {out / 'manifest.json'} but missing" in err
+    assert "already finished" not in err
+
+
+@pytest.mark.parametrize("damage", ["delete", "swap", "truncate"])
+def test_damaged_soft_label_epochs_are_refused_before_training(damage, finished, tiny_teacher, cifar_root, tmp_path,
+                                                               capsys):
+    soft = tmp_path / "relabel"
+    shutil.copytree(finished["relabel"], soft)
+    epochs = sorted((soft / "soft_labels").glob("epoch_*.pt"))
+    if damage == "delete":
+        epochs[1].unlink()
+    elif damage == "swap":
+        first = epochs[0].read_bytes()
+        epochs[0].write_bytes(epochs[1].read_bytes())
+        epochs[1].write_bytes(first)
+    else:
+        epochs[1].write_bytes(epochs[1].read_bytes()[:100])
+    out = tmp_path / "train"
+    code, err = _call("train", _train_args(tiny_teacher, finished["recover"] / "images", soft, cifar_root, out),
+                      capsys)
+    assert code == 2, err
+    assert ("but missing" if damage == "delete" else "changed since") in err
+    assert str(epochs[1] if damage != "swap" else epochs[0]) in err
+    assert not (out / "manifest.json").exists()
+    code, err = _call("relabel", _relabel_args(tiny_teacher, finished["recover"] / "images", soft), capsys)
+    assert code == 2 and "already finished" not in err
+
+
+def test_refused_pretrain_keeps_the_killed_runs_config(tiny_teacher, cifar_root, tmp_path, capsys):
+    out = tmp_path / "pretrain"
+    args = ["--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet", "--model-kwargs", "width=8",
+            "--epochs", "1", "--train-per-class", "2", "--val-per-class", "1", "--workers", "0", "--output-dir", out]
+    assert _call("pretrain", args, capsys)[0] == 0
+    (out / "manifest.json").unlink()  # as if killed after its epoch
+    config = (out / "config.yaml").read_bytes()
+    code, err = _call("pretrain", args[:-4] + ["--lr", "0.5", "--workers", "0", "--output-dir", out], capsys)
+    assert code == 2 and "different arguments (lr: 0.025 there, 0.5 now)" in err
+    assert (out / "config.yaml").read_bytes() == config
+
+
+def test_stale_recover_batches_are_redone_from_the_new_data(tiny_teacher, cifar_root, tmp_path, capsys):
+    data = tmp_path / "cifar10"
+    shutil.copytree(cifar_root, data)
+    out = tmp_path / "recover"
+    args = _recover_args(tiny_teacher, data, out)
+    assert _call("recover", args, capsys)[0] == 0
+    (out / "manifest.json").unlink()  # killed after its last batch
+    old = _snapshot(out / "images")
+    cat = sorted((data / "train" / "cat").iterdir())
+    for a, b in zip(cat[:len(cat) // 2], reversed(cat)):  # the class's images replaced (same names, other pixels)
+        a_bytes = a.read_bytes()
+        a.write_bytes(b.read_bytes())
+        b.write_bytes(a_bytes)
+    assert _call("recover", args, capsys)[0] == 0
+    new = _snapshot(out / "images")
+    assert {k.split("/")[0] for k in new if new[k] != old.get(k)} == {"cat"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["images/cat/0000.png"]["sha256"] == new["cat/0000.png"]
+
+
+def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
+    from common.data import resolve_classes
+    from common.errors import UserError
+    train = cifar_root / "train"
+    assert resolve_classes(None, train) is None
+    assert resolve_classes("3", train) == ["airplane", "automobile", "bird"]
+    names = tmp_path / "classes.txt"
+    names.write_text("# two classes\nship\n\ncat  # a comment\n")
+    assert resolve_classes(str(names), train) == ["cat", "ship"]
+    for value, expect in [("11", "has 10 class folders; pass 1 to 10"), ("0", "pass 1 to 10"),
+                          (str(tmp_path / "none.txt"), "neither a number of classes nor an existing file")]:
+        with pytest.raises(UserError, match=expect):
+            resolve_classes(value, train)
+    names.write_text("cat\nzebra\n")
+    with pytest.raises(UserError, match="not class folders of .*'zebra'"):
+        resolve_classes(str(names), train)
+
+
+def test_a_class_subset_runs_through_every_stage_and_is_checked(cifar_root, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert _call("pretrain", ["--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet",
+                              "--model-kwargs", "width=8", "--epochs", "1", "--train-per-class", "4",
+                              "--val-per-class", "2", "--workers", "0", "--classes", "3",
+                              "--output-dir", teacher], capsys)[0] == 0
+    assert json.loads((teacher / "manifest.json").read_text())["classes"] == ["airplane", "automobile", "bird"]
+    recover = tmp_path / "recover"
+    code, err = _call("recover", _recover_args(teacher, cifar_root, recover), capsys)
+    assert code == 2 and "the teacher was trained on a class subset: pass its --classes here too" in err
+    assert not recover.exists()
+    assert _call("recover", _recover_args(teacher, cifar_root, recover) + ["--classes", "3"], capsys)[0] == 0
+    assert sorted(p.name for p in (recover / "images").iterdir()) == ["airplane", "automobile", "bird"]
+    train = tmp_path / "train"
+    hard = ["--images", recover / "images", "--hard-labels", "--dataset", "cifar10", "--data-path", cifar_root,
+            "--model", "convnet", "--model-kwargs", "width=8", "--epochs", "1", "--workers", "0",
+            "--output-dir", train]
+    code, err = _call("train", hard, capsys)
+    assert code == 2 and "pass the same --classes here" in err
+    assert _call("train", hard + ["--classes", "3"], capsys)[0] == 0
+    results = json.loads((train / "results.json").read_text())
+    assert results["val_images"] == 30 and results["num_images"] == 6
