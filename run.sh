@@ -31,7 +31,8 @@ WMDD flags:
   -t R_CE    cross-entropy term weight                                        [method default]
   -i ITERS   recover iterations                                              [configs/<dataset>.yaml]
   -z EPOCHS  relabel and train epochs                                        [configs/<dataset>.yaml]
-  -g         debug: tiny settings (20 train / 10 val images per class, few iterations and epochs)
+  -g         debug: tiny settings (20 train / 10 val images per class, at most 10 classes, few iterations
+             and epochs; a smoke test of a few minutes on CPU)
 Long options:
   --method NAME                     recover method (python -m recover --help lists them:
                                     wmdd sre2l random-real dm ddm ...) [wmdd]; the same defaults as
@@ -40,9 +41,11 @@ Long options:
                                     dsa = the DM family's hard labels + DSA (train --protocol dsa, no
                                     relabel; no teacher needed for methods without one)
   --device auto|cpu|cuda            [auto]
-  --out DIR                         output root [runs]
+  --out DIR                         output root [runs/ in the repository]
   --seed N                          seed of recover, relabel and train [0]
   --input-size PX                   teacher/student input side (default: the dataset's native size)
+  --classes N|FILE                  class subset for every stage: the first N class folders (sorted), or
+                                    the names listed in FILE [all; -g: the first 10]
   --teacher-epochs N                pretrain epochs (default: configs/<dataset>.yaml)
   --batch-size N                    relabel/train batch size (default: min(100, distilled images))
   --pretrain-args "..."             extra flags for python -m pretrain (likewise --recover-args,
@@ -57,25 +60,24 @@ EOF
 
 die() {
   echo "run.sh: $*" >&2
-  echo >&2
-  usage >&2
+  echo "(./run.sh --help lists the options)" >&2
   exit 2
 }
 
 EXP=exp; TEACHER_ID=t0; DATASET=cifar10; TMODEL=resnet18; SMODEL=resnet18; ROOT=""; GPUS=""; IPC=10
 PRETRAIN=0; PCBN=0; WB=0; RBN=""; RLR=""; RCE=""; ITERS=""; EPOCHS=""; DEBUG=0
-SMODEL_GIVEN=""; METHOD=wmdd; PROTOCOL=fkd; DEVICE=auto; OUT="runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; BATCH=""; DEMO=0
+SMODEL_GIVEN=""; METHOD=wmdd; PROTOCOL=fkd; DEVICE=auto; OUT="$REPO/runs"; SEED=0; INPUT_SIZE=""; TEACHER_EPOCHS=""; BATCH=""; DEMO=0; CLASSES=""
 declare -A EXTRA=([pretrain]="" [recover]="" [relabel]="" [train]="")
 
 short=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --method|--protocol|--device|--out|--seed|--input-size|--teacher-epochs|--batch-size|--pretrain-args|--recover-args|\
+    --method|--protocol|--device|--out|--seed|--input-size|--classes|--teacher-epochs|--batch-size|--pretrain-args|--recover-args|\
     --relabel-args|--train-args)
       [[ $# -ge 2 ]] || die "$1 needs a value"
       case "$1" in
         --method) METHOD="$2" ;; --protocol) PROTOCOL="$2" ;; --device) DEVICE="$2" ;; --out) OUT="$2" ;; --seed) SEED="$2" ;;
-        --input-size) INPUT_SIZE="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;; --batch-size) BATCH="$2" ;;
+        --input-size) INPUT_SIZE="$2" ;; --classes) CLASSES="$2" ;; --teacher-epochs) TEACHER_EPOCHS="$2" ;; --batch-size) BATCH="$2" ;;
         *) name="${1#--}"; EXTRA[${name%-args}]="$2" ;;
       esac
       shift 2 ;;
@@ -116,6 +118,10 @@ if [[ -n "$GPUS" ]]; then
   [[ "$DEVICE" != cpu ]] || die "-u $GPUS asks for GPUs but --device is cpu"
 fi
 
+# paths given relative to where run.sh was called from, before it moves to the repository
+absolute() { if [[ -z "$1" || "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
+ROOT="$(absolute "$ROOT")"; OUT="$(absolute "$OUT")"
+[[ "$CLASSES" =~ ^[0-9]+$ ]] || CLASSES="$(absolute "$CLASSES")"
 cd "$REPO"
 datasets="$("$PYTHON" -c 'from common.datasets import dataset_names; print(" ".join(dataset_names()))')"
 methods="$("$PYTHON" -c 'from recover.methods import method_names; print(" ".join(method_names()))')"
@@ -132,6 +138,11 @@ fi
 [[ -n "$ROOT" ]] || die "-r DATA_ROOT is required (the dataset is DATA_ROOT/$DATASET)"
 DATA="$ROOT/$DATASET"
 [[ -d "$DATA" ]] || die "data root $DATA does not exist; prepare it with python -m common.prepare (see README)"
+if [[ "$DEBUG" == 1 && -z "$CLASSES" && -d "$DATA/train" ]]; then
+  [[ $(find "$DATA/train" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | wc -l) -gt 10 ]] && CLASSES=10
+fi
+SUBSET=()
+[[ -n "$CLASSES" ]] && SUBSET=(--classes "$CLASSES")
 
 if [[ -n "$GPUS" ]]; then
   export CUDA_VISIBLE_DEVICES="$GPUS"
@@ -153,9 +164,30 @@ stage() {  # stage NAME ARGS...: run python -m NAME (plus its --NAME-args) with 
   local extra
   read -r -a extra <<<"${EXTRA[$name]}"
   echo "==> $name"
-  local start=$SECONDS
-  "${LAUNCH[@]}" "$name" "$@" "${extra[@]+"${extra[@]}"}"
-  SECONDS_OF[$name]=$((SECONDS - start))
+  local out="" prev=""
+  for arg in "$@"; do [[ "$prev" == --output-dir ]] && out="$arg"; prev="$arg"; done
+  # OUT/.wall_seconds holds the seconds spent on this stage so far, so a stage resumed
+  # after a kill reports the sum of its parts; a ticker keeps it current while it runs
+  local before=0 start=$SECONDS ticker="" status=0
+  [[ -n "$out" && -f "$out/.wall_seconds" ]] && before=$(<"$out/.wall_seconds")
+  [[ "$before" =~ ^[0-9]+$ ]] && before=$((10#$before)) || before=0
+  if [[ -n "$out" && -f "$out/manifest.json" ]]; then
+    # a stage that was already finished does no work: it keeps the time it took
+    "${LAUNCH[@]}" "$name" "$@" "${extra[@]+"${extra[@]}"}"
+    [[ "$before" == 0 ]] || SECONDS_OF[$name]=$before
+    return
+  fi
+  if [[ -n "$out" ]]; then
+    ( while sleep 5 && kill -0 $$ 2>/dev/null; do
+        [[ -d "$out" ]] && echo $((before + SECONDS - start)) >"$out/.wall_seconds"
+      done ) >/dev/null 2>&1 &
+    ticker=$!
+  fi
+  "${LAUNCH[@]}" "$name" "$@" "${extra[@]+"${extra[@]}"}" || status=$?
+  if [[ -n "$ticker" ]]; then kill "$ticker" 2>/dev/null || true; wait "$ticker" 2>/dev/null || true; fi
+  SECONDS_OF[$name]=$((before + SECONDS - start))
+  [[ -n "$out" && -d "$out" ]] && echo "${SECONDS_OF[$name]}" >"$out/.wall_seconds"
+  return "$status"
 }
 
 # run_experiment EXP_ID METHOD PCBN WB: teacher (shared) then recover -> relabel -> train -> summary
@@ -166,7 +198,7 @@ run_experiment() {
   SECONDS_OF=()
 
   local pre=(--dataset "$DATASET" --data-path "$DATA" --model "$TMODEL" --output-dir "$teacher_dir"
-             --device "$DEVICE" "${CONFIG[@]+"${CONFIG[@]}"}")
+             --device "$DEVICE" "${SUBSET[@]+"${SUBSET[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
   [[ -n "$INPUT_SIZE" ]] && pre+=(--input-size "$INPUT_SIZE")
   [[ -n "$TEACHER_EPOCHS" ]] && pre+=(--epochs "$TEACHER_EPOCHS")
   [[ "$DEBUG" == 1 ]] && pre+=(--train-per-class 20 --val-per-class 10)
@@ -178,7 +210,7 @@ run_experiment() {
   fi
 
   local rec=(--data-path "$DATA" --output-dir "$exp_dir/recover" --method "$method"
-             --ipc "$IPC" --seed "$SEED" --device "$DEVICE" "${CONFIG[@]+"${CONFIG[@]}"}")
+             --ipc "$IPC" --seed "$SEED" --device "$DEVICE" "${SUBSET[@]+"${SUBSET[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
   if [[ -f "$teacher_dir/manifest.json" ]]; then
     rec+=(--teacher "$teacher_dir")
   else
@@ -202,7 +234,8 @@ run_experiment() {
   [[ "$DEBUG" == 1 && -z "$EPOCHS" ]] && epochs=(--epochs 2)
   if [[ "$PROTOCOL" == dsa ]]; then
     local tr=(--protocol dsa --images "$images" --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp_dir/train"
-              --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
+              --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${SUBSET[@]+"${SUBSET[@]}"}"
+              "${CONFIG[@]+"${CONFIG[@]}"}")
     [[ -n "$SMODEL_GIVEN" ]] && tr+=(--model "$SMODEL")
     [[ -n "$BATCH" ]] && tr+=(--batch-size "$BATCH")
     [[ -n "$INPUT_SIZE" ]] && tr+=(--input-size "$INPUT_SIZE")
@@ -217,7 +250,7 @@ run_experiment() {
     --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}"
   local tr=(--images "$images" --soft-labels "$exp_dir/relabel" --teacher "$teacher_dir" --data-path "$DATA"
             --model "$SMODEL" --output-dir "$exp_dir/train" --batch-size "$batch" --seed "$SEED" --device "$DEVICE"
-            "${epochs[@]+"${epochs[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
+            "${epochs[@]+"${epochs[@]}"}" "${SUBSET[@]+"${SUBSET[@]}"}" "${CONFIG[@]+"${CONFIG[@]}"}")
   [[ "$DEBUG" == 1 ]] && tr+=(--val-per-class 10 --val-every 1)
   stage train "${tr[@]}"
   summarize "$exp" "$exp_dir" "$teacher_dir"
@@ -226,8 +259,10 @@ run_experiment() {
 summarize() {  # summarize EXP_ID EXP_DIR TEACHER_DIR: print the run and append its row to results.csv
   local times=()
   for s in "${!SECONDS_OF[@]}"; do times+=("$s=${SECONDS_OF[$s]}"); done
+  # the experiment has finished: a results file that cannot take the row is reported, not fatal
   "$PYTHON" -m tools.summarize_run append --experiment-dir "$2" --teacher-dir "$3" \
-    --experiment "$1" --results-csv "$OUT/results.csv" --time "${times[@]}"
+    --experiment "$1" --results-csv "$OUT/results.csv" --time "${times[@]+"${times[@]}"}" ||
+    echo "run.sh: warning: $1 finished ($2/train/results.json) but its row was not added to $OUT/results.csv" >&2
 }
 
 if [[ "$DEMO" == 1 ]]; then
@@ -237,7 +272,7 @@ if [[ "$DEMO" == 1 ]]; then
   run_experiment demo-random-real random-real 0 0
   echo
   "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" --baseline demo-random-real \
-    demo-wmdd demo-random-real
+    demo-wmdd demo-random-real || echo "warning: no fair-score table (see the error above); the runs are complete" >&2
   echo "synthetic images: $OUT/$DATASET/demo-wmdd/recover/grid.png"
 else
   run_experiment "$EXP" "$METHOD" "$PCBN" "$WB"

@@ -25,7 +25,7 @@ Flags after -- go to `python -m train` unchanged (e.g. -- --online-teacher DIR -
 EOF2
 }
 
-die() { echo "$(basename "$0"): $*" >&2; echo >&2; usage >&2; exit 2; }
+die() { echo "$(basename "$0"): $*" >&2; echo "($(basename "$0") --help lists the options)" >&2; exit 2; }
 
 DATASET=""; CSV=""; ROOT=""; MODEL=resnet18; EPOCHS=""; EXP=pseudo; GPUS=""; DEVICE=auto; OUT=runs
 EXTRA=()
