@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, run_module
 from tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
 from tools.plot_results import improvements
+from tools.summarize_run import variant
 
 WMDD = "wmdd: WB, per-class BN"
 
@@ -111,3 +112,12 @@ def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
     assert proc.returncode == 2 and "pass either a benchmark output directory or --csv" in proc.stderr
     proc = run_module("tools.fair_scores", "--csv", tmp_path / "none.csv", check=False)
     assert proc.returncode == 2 and "none.csv: results file not found" in proc.stderr
+
+
+@pytest.mark.parametrize("method,init,expect", [
+    ("wmdd", None, WMDD), ("wmdd", "noise", WMDD), ("wmdd", "medoid", f"{WMDD}, medoid init"),
+    ("sre2l", "real", "sre2l: WB, per-class BN, real init"), ("random-real", "real", "random-real"),
+])
+def test_variant_names_a_non_default_init(method, init, expect):
+    """Rows of ``--init medoid`` runs must not be pooled with noise-initialised ones."""
+    assert variant(method, True, True, 0.0, init) == expect

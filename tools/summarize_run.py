@@ -30,8 +30,10 @@ def _manifest(stage_dir: Path | None) -> dict:
     return json.loads(path.read_text()) if path and path.is_file() else {}
 
 
-def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce: float | None) -> str:
-    """Readable method variant, e.g. ``"wmdd: WB, per-class BN"``, ``"random-real"`` or ``"dm"``."""
+def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce: float | None,
+            init: str | None = None) -> str:
+    """Readable method variant, e.g. ``"wmdd: WB, per-class BN"``, ``"wmdd: WB, per-class BN,
+    medoid init"``, ``"random-real"`` or ``"dm"`` (``init`` is named when it is not noise)."""
     if method is None:
         return "pseudo-label"
     if method not in ("wmdd", "sre2l"):
@@ -39,6 +41,8 @@ def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce
     parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
     if r_ce:
         parts.append("CE")
+    if init not in (None, "noise"):
+        parts.append(f"{init} init")
     return f"{method}: {', '.join(parts)}"
 
 
@@ -63,7 +67,8 @@ def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, t
     row = {
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "experiment": experiment, "dataset": (train.get("dataset") or {}).get("name"),
-        "variant": variant(rargs.get("method"), rargs.get("wb"), rargs.get("per_class_bn"), rargs.get("r_ce")),
+        "variant": variant(rargs.get("method"), rargs.get("wb"), rargs.get("per_class_bn"), rargs.get("r_ce"),
+                           rargs.get("init")),
         "method": rargs.get("method"), "ipc": recover.get("ipc"), "seed": rargs.get("seed"),
         "teacher_model": teacher.get("model"), "student_model": results["model"],
         "teacher_top1": (teacher.get("val") or {}).get("top1"), "top1": results["top1"], "top5": results["top5"],
