@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO, run_module
 from tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
 from tools.plot_results import improvements
-from tools.summarize_run import variant
+from tools.summarize_run import variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
 
@@ -120,4 +120,4 @@ def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
 ])
 def test_variant_names_a_non_default_init(method, init, expect):
     """Rows of ``--init medoid`` runs must not be pooled with noise-initialised ones."""
-    assert variant(method, True, True, 0.0, init) == expect
+    assert variant_name(method, True, True, 0.0, init) == expect
