@@ -3,12 +3,12 @@ choice of real images per class."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from common.data import select_per_class
+from common.io import read_json
 from common.training import derive_seed
 
 
@@ -37,7 +37,7 @@ def pending_batches(out: Path, indices: list[int], inputs: dict) -> list[int]:
     for b in indices:
         path = marker_path(out, b)
         if path.exists():
-            record = json.loads(path.read_text())
+            record = read_json(path, "batch marker")
             if record.get("inputs", inputs) == inputs:  # markers of earlier versions record no inputs
                 continue
             changed = [k for k in inputs if record["inputs"].get(k) != inputs[k]]
