@@ -22,10 +22,14 @@ neighbour; here :func:`encode` averages each ``factor x factor`` pixel block
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
+from common.io import read_json
+from common.manifest import MANIFEST
 
 
 def tile_side(side: int, factor: int) -> int:
@@ -100,3 +104,32 @@ def downsample_upsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     side = images.shape[-1]
     small = F.interpolate(images, size=(tile_side(side, factor),) * 2, mode="area")
     return F.interpolate(small, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def recorded_factor(images_dir: str | Path) -> int:
+    """The multi-formation factor of a distilled set: what the recover run that
+    wrote ``images_dir`` recorded in its ``manifest.json`` next to the folder
+    (``"factor"``); 1 when there is no such manifest or it records none.
+
+    Raises:
+        UserError: the manifest is unreadable (:func:`common.io.read_json`).
+    """
+    manifest = Path(images_dir).parent / MANIFEST
+    if not manifest.is_file():
+        return 1
+    return int(read_json(manifest, "recover manifest").get("factor", 1))
+
+
+def refuse_tiled(images_dir: str | Path, stage: str) -> None:
+    """Refuse a multi-formation set where whole images are expected (the FKD views of
+    relabel and ``train --protocol fkd`` are cut from whole images, not tiles).
+
+    Raises:
+        UserError: ``recorded_factor(images_dir) > 1``, naming the decode command.
+    """
+    factor = recorded_factor(images_dir)
+    if factor > 1:
+        raise UserError(f"{images_dir}: stored with multi-formation factor {factor} "
+                        f"({Path(images_dir).parent / MANIFEST}); {stage} cuts its views from whole images. "
+                        f"Decode the tiles first: python -m tools.decode_images --images {images_dir} "
+                        f"--output-dir DIR, then pass --images DIR/images")

@@ -25,6 +25,7 @@ from common.distributed import setup
 from common.errors import UserError
 from common.io import sha256_files
 from common.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from common.multiformation import refuse_tiled
 from common.soft_labels import SOFT_LABELS, build_meta, epoch_path, label_bytes_per_view, write_epoch, write_meta
 from common.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from models.teacher import check_classes, load_teacher
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("teacher", "images", "output_dir"):
         if not getattr(args, name):
             raise UserError(f"--{name.replace('_', '-')} is required")
+    refuse_tiled(args.images, "relabel")
     out = Path(args.output_dir)
     ctx = setup(args.device)
     teacher = load_teacher(args.teacher, ctx.device)

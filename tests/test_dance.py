@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from common.config import parse_with_config
-from common.data import image_folder, split_dir
+from common.data import image_folder, load_image, split_dir
 from common.datasets import get_spec
 from common.multiformation import decode, encode
 from common.transforms import eval_transform
@@ -145,6 +146,49 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
                       "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0", check=False)
     assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr
     assert "pass --factor 2" in proc.stderr and not (tmp_path / "no-decode" / "manifest.json").exists()
+    data = ["--dataset", "cifar10", "--data-path", cifar_root]
+    for module, flags in (("relabel", ["--teacher", tmp_path / "no-teacher"]), ("train", ["--hard-labels", *data])):
+        proc = run_module(module, "--images", rec / "images", "--output-dir", tmp_path / f"fkd-{module}", *flags,
+                          check=False)
+        assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr, proc.stderr
+        assert "python -m tools.decode_images" in proc.stderr and not (tmp_path / f"fkd-{module}").exists()
+
+    decoded = tmp_path / "decoded"
+    run_module("tools.decode_images", "--images", rec / "images", "--output-dir", decoded)
+    spec = get_spec("cifar10")
+    manifest = json.loads((decoded / "manifest.json").read_text())
+    assert (manifest["stage"], manifest["source_factor"], manifest["num_images"]) == ("decode", 2, 40)
+    to_float = eval_transform(spec, 32)
+    stored = torch.stack([to_float(load_image(str(p))) for p in sorted((rec / "images").glob("*/*.png"))])
+    files = sorted((decoded / "images").glob("*/*.png"))
+    assert [f.parent.name for f in files] == [c for c in manifest["classes"] for _ in range(4)]
+    written = torch.stack([to_float(load_image(str(p))) for p in files])
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert ((written - decode(stored, 2)) * std).abs().max() <= 0.5 / 255 + 1e-5  # 8-bit rounding only
+    out = tmp_path / "fkd-decoded"
+    run_module("train", "--hard-labels", "--images", decoded / "images", "--dataset", "cifar10", "--data-path",
+               cifar_root, "--output-dir", out, "--workers", "0", "--epochs", "1", "--batch-size", "20",
+               env=ONE_THREAD)
+    assert json.loads((out / "results.json").read_text())["protocol"] == "fkd"
+    proc = run_module("tools.decode_images", "--images", decoded / "images", "--output-dir", tmp_path / "again",
+                      check=False)
+    assert proc.returncode == 2 and "not a multi-formation set" in proc.stderr
+
+
+def test_random_real_with_factor_2_is_dance_s_starting_point(cifar_root, tmp_path):
+    rec = tmp_path / "rr-f2"
+    run_module("recover", "--method", "random-real", "--factor", "2", "--dataset", "cifar10", "--data-path",
+               cifar_root, "--output-dir", rec, "--workers", "0", "--ipc", "2")
+    manifest = json.loads((rec / "manifest.json").read_text())
+    assert (manifest["factor"], manifest["decoded_images"], manifest["num_images"]) == (2, 80, 20)
+    spec = get_spec("cifar10")
+    to_float = eval_transform(spec, 32)
+    sources = pd.read_csv(rec / "sources.csv")
+    assert len(sources) == 80 and sources["source_path"].is_unique
+    real = torch.stack([to_float(load_image(str(cifar_root / "train" / p))) for p in sources["source_path"]])
+    stored = torch.stack([to_float(load_image(str(rec / "images" / p))) for p in sources["image_path"][::4]])
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert ((stored - encode(real, 2)) * std).abs().max() <= 0.5 / 255 + 1e-5
 
 
 def _dance(experts_path, cifar_root, out, *extra):

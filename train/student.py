@@ -22,10 +22,9 @@ from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
 from common.errors import UserError
-from common.io import read_json
 from common.loaders import seed_epoch, train_loader
 from common.manifest import MANIFEST
-from common.multiformation import decode
+from common.multiformation import decode, recorded_factor, refuse_tiled
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
 from common.transforms import eval_transform, train_transform
@@ -151,19 +150,15 @@ def training_mode(args) -> str:
 
 def _check_factor(images: Path, factor: int) -> None:
     """Refuse a ``--factor`` other than the one recorded by the recover run that wrote
-    ``images`` (its ``manifest.json`` next to the folder; 1 when it records none).
-    Sets without a recover manifest are not checked.
+    ``images`` (:func:`common.multiformation.recorded_factor`).
 
     Raises:
         UserError: the factors differ (names both and the fix).
     """
-    manifest = images.parent / MANIFEST
-    if not manifest.is_file():
-        return
-    recorded = read_json(manifest, "recover manifest").get("factor", 1)
+    recorded = recorded_factor(images)
     if recorded != factor:
-        raise UserError(f"{images}: stored with multi-formation factor {recorded} ({manifest}), trained with "
-                        f"--factor {factor}; pass --factor {recorded}")
+        raise UserError(f"{images}: stored with multi-formation factor {recorded} ({images.parent / MANIFEST}), "
+                        f"trained with --factor {factor}; pass --factor {recorded}")
 
 
 class StudentRun:
@@ -200,6 +195,7 @@ class StudentRun:
     def _setup_planned(self) -> None:
         args = self.args
         self.images = load_image_set(args.images)
+        refuse_tiled(self.images.root, "train --protocol fkd")
         self.classes = self.images.classes
         view_args = {"min_scale_crops": args.min_scale_crops, "max_scale_crops": args.max_scale_crops,
                      "mix_type": args.mix_type, "mix_alpha": args.mix_alpha}

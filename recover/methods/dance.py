@@ -49,12 +49,13 @@ import torch.nn as nn
 from common.bounds import COUNT, NON_NEGATIVE
 from common.dsa import DSAParams, apply_sequence, draw_sequence
 from common.errors import UserError
-from common.multiformation import decode, encode
+from common.multiformation import decode
 from common.training import derive_seed
 from models import penultimate_features
 from models.experts import Experts, interpolate_state
 from recover.matching import mean_embedding_loss
 from recover.methods.dm import MatchingMethod
+from recover.methods.multiformation import MultiFormation
 from recover.methods.registry import Objective, Resources, register_method
 from recover.real_pool import RealPool
 
@@ -82,7 +83,7 @@ def pixel_space_gradient(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 
 
 @register_method
-class DANCE(MatchingMethod):
+class DANCE(MultiFormation, MatchingMethod):
     """``--method dance`` (see the module docstring)."""
 
     name = "dance"
@@ -98,8 +99,6 @@ class DANCE(MatchingMethod):
         group.add_argument("--num-experts", type=COUNT, help="draw from the first K experts of the file [5]")
         group.add_argument("--calib-weight", type=NON_NEGATIVE, help="weight of the expert-calibration "
                                                               "cross-entropy (inter-class view) [1]")
-        group.add_argument("--factor", type=COUNT, help="multi-formation factor: factor x factor tiles per "
-                                                      "stored image (1: off) [2]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
@@ -118,10 +117,6 @@ class DANCE(MatchingMethod):
     def needs(cls, args: argparse.Namespace) -> frozenset[str]:
         return frozenset({"real_batches", "experts"})
 
-    @classmethod
-    def real_per_image(cls, args: argparse.Namespace) -> int:
-        return args.factor ** 2
-
     def __init__(self, resources: Resources):
         super().__init__(resources)
         args, experts = resources.args, resources.experts
@@ -133,10 +128,6 @@ class DANCE(MatchingMethod):
         self.middle = experts.network(resources.device)
         self.final = experts.network(resources.device)
         self.std = torch.tensor(resources.spec.std, device=resources.device).view(1, -1, 1, 1)
-
-    def initial_images(self, real: torch.Tensor) -> torch.Tensor:
-        """``factor**2`` real images per stored image, downsampled into its tiles."""
-        return encode(real, self.res.args.factor)
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective:
         args, device = self.res.args, self.res.device
@@ -173,6 +164,6 @@ class DANCE(MatchingMethod):
 
     def manifest_fields(self) -> dict:
         args = self.res.args
-        return {"factor": args.factor, "decoded_images": args.ipc * args.factor ** 2 * len(self.res.classes),
+        return {**super().manifest_fields(),
                 "experts": {"path": str(self.experts.path), "sha256": self.experts.sha256,
                             "used": args.num_experts}}

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from recover.methods.registry import RecoverMethod, register_method
+from recover.methods.multiformation import MultiFormation
+from recover.methods.registry import register_method
 
 
 @register_method
-class RandomReal(RecoverMethod):
+class RandomReal(MultiFormation):
     """``--method random-real``: the seeded choice of IPC real train images per class
     that ``--init real`` (and DM's initialisation) starts from; no optimisation and
-    no teacher. Every results table puts it beside the distilled sets."""
+    no teacher. Every results table puts it beside the distilled sets.
+
+    With ``--factor F`` > 1 each stored image holds ``F x F`` downsampled real
+    images (IPC x F**2 seeded real images per class): DANCE's starting point, the
+    random-real baseline at a multi-formation method's pixel budget."""
 
     name = "random-real"
     summary = "IPC seeded real images per class, unchanged (the baseline)"
-    defaults = {"init": "real"}
+    defaults = {"init": "real", "factor": 1}
     optimizes = False
     inits = ("real",)
 

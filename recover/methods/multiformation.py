@@ -1,0 +1,42 @@
+"""``--factor``: multi-formation storage for the methods that offer it (DANCE and the
+random-real baseline at the same pixel budget).
+
+A method that subclasses :class:`MultiFormation` stores each image as a
+``factor x factor`` grid of tiles (:mod:`common.multiformation`), starts each
+stored image from ``factor**2`` seeded real images of its class, downsampled
+into the tiles, and records the factor in its manifest, from which the train
+stage (``--protocol dsa``/``dance``) and :mod:`tools.decode_images` decode it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common.bounds import COUNT
+from common.multiformation import encode
+from recover.methods.registry import RecoverMethod
+
+
+class MultiFormation(RecoverMethod):
+    """Mixin of ``--factor`` (the method's ``defaults`` give its value: DANCE 2, random-real 1)."""
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--factor", type=COUNT, help="multi-formation factor: factor x factor tiles per "
+                                                      "stored image, each from its own real image (1: off) "
+                                                      "[dance 2, random-real 1]")
+
+    @classmethod
+    def real_per_image(cls, args: argparse.Namespace) -> int:
+        return args.factor ** 2
+
+    def initial_images(self, real: torch.Tensor) -> torch.Tensor:
+        """``factor**2`` real images per stored image, downsampled into its tiles
+        (``[G * ipc * factor**2, 3, S, S]`` -> ``[G * ipc, 3, S, S]``, :func:`common.multiformation.encode`)."""
+        return encode(real, self.res.args.factor)
+
+    def manifest_fields(self) -> dict:
+        args = self.res.args
+        return {"factor": args.factor, "decoded_images": args.ipc * args.factor ** 2 * len(self.res.classes)}
