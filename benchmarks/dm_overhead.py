@@ -12,8 +12,14 @@ augmentation, no re-initialisation): real forward without grad, synthetic
 forward, the DM loss and its backward. Rounds alternate so that machine load
 affects both alike. Target ratio: <= 1.2.
 
-    python -m benchmarks.dm_overhead [--method dm] [--ipc 10] [--classes 10] [--batch-real 256]
-        [--iterations 3] [--rounds 3] [--data-path DIR]
+    python -m benchmarks.dm_overhead [--methods dm [ddm] [dance]] [--experts DIR] [--ipc 10] [--classes 10]
+        [--batch-real 256] [--iterations 3] [--rounds 3] [--data-path DIR]
+
+With several ``--methods`` the first is also the reference of the others: e.g.
+``--methods dm dance --experts DIR`` prints a DANCE iteration (the middle
+encoder loaded from an expert, the decoded multi-formation images, the
+calibration cross-entropy of the trained expert) against a DM iteration, timed
+in alternating rounds of the same run.
 
 ``--data-path`` defaults to the full CIFAR-10 extracted in ``.cache/cifar10``.
 """
@@ -30,15 +36,44 @@ from common.data import image_folder, split_dir
 from common.datasets import get_spec
 from common.transforms import eval_transform, pixel_bounds
 from recover.matching import mean_embedding_loss
+from models.experts import load_experts
 from recover.methods import Resources
 from recover.options import build_parser, resolve_args
 from recover.real_pool import RealPool
 from recover.synthesize import SynthesisConfig, synthesize
 
 
+def _built(name: str, args, data: str, dataset, spec):
+    """``(method instance, objective, synthesis config, initial stored images)`` of ``name``
+    on the first ``args.classes`` classes."""
+    flags = ["--method", name, "--dataset", "cifar10", "--data-path", data, "--output-dir", "unused",
+             "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", "cpu"]
+    if name == "dance":
+        if not args.experts:
+            raise SystemExit("--methods dance needs --experts DIR (python -m pretrain --experts N)")
+        flags += ["--experts", args.experts]
+    rargs = build_parser().parse_args(flags)
+    cls = resolve_args(rargs)
+    experts = None
+    if name == "dance":
+        experts = load_experts(args.experts)
+        experts.check_data(list(dataset.classes), 32, data)
+    method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
+                           device=torch.device("cpu"), experts=experts))
+    classes = list(range(args.classes))
+    pool = RealPool(dataset, classes, spec, 32)
+    real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes])
+    config = SynthesisConfig(iterations=args.iterations, lr=rargs.lr, optimisation=cls.optimisation(rargs),
+                             log_every=10 ** 9)
+    return method, method.batch_objective(classes, 0), config, method.initial_images(real), rargs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", default="dm", choices=["dm", "ddm"])
+    p.add_argument("--methods", nargs="+", default=["dm"], choices=["dm", "ddm", "dance"],
+                   help="methods timed side by side, each against the bare pass of the first (when it is dm or ddm) "
+                        "and against the first")
+    p.add_argument("--experts", help="pretrain --experts output (for dance)")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--batch-real", type=int, default=256)
@@ -48,50 +83,53 @@ def main() -> None:
     args = p.parse_args()
     data = args.data_path or str(cached_dataset("cifar10"))
     spec = get_spec("cifar10")
-    rargs = build_parser().parse_args(["--method", args.method, "--dataset", "cifar10", "--data-path", data,
-                                       "--output-dir", "unused", "--ipc", str(args.ipc), "--workers", "2",
-                                       "--batch-real", str(args.batch_real), "--device", "cpu"])
-    cls = resolve_args(rargs)
     dataset = image_folder(split_dir(data, "train"), eval_transform(spec, 32))
-    device = torch.device("cpu")
-    method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
-                           device=device))
+    low, high = pixel_bounds(spec)
+    built = {name: _built(name, args, data, dataset, spec) for name in args.methods}
     classes = list(range(args.classes))
-    objective = method.batch_objective(classes, 0)
     pool = RealPool(dataset, classes, spec, 32)
     real = torch.cat([pool.sample(c, args.batch_real) for c in classes])
-    x = torch.cat([pool.sample(c, args.ipc) for c in classes])
     sizes = [min(args.batch_real, pool.size(c)) for c in classes]
-    low, high = pixel_bounds(spec)
-    config = SynthesisConfig(iterations=args.iterations, lr=1.0, optimisation=cls.optimisation(rargs),
-                             log_every=10 ** 9)
 
-    def method_round() -> float:
+    def method_round(name: str) -> float:
+        _, objective, config, x, _ = built[name]
         start = time.perf_counter()
         synthesize(objective, x, low, high, config)
         return (time.perf_counter() - start) / args.iterations
+
+    first = built[args.methods[0]][0]
+    x = built[args.methods[0]][3]
 
     def bare_round() -> float:
         start = time.perf_counter()
         for _ in range(args.iterations):
             syn = x.clone().requires_grad_(True)
             with torch.no_grad():
-                real_emb = method.embed(real).split(sizes)
-            syn_emb = method.embed(syn).split(args.ipc)
+                real_emb = first.embed(real).split(sizes)
+            syn_emb = first.embed(syn).split(args.ipc)
             sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb)).backward()
         return (time.perf_counter() - start) / args.iterations
 
-    method_round(), bare_round()  # warm-up
-    ours, bare = [], []
+    timed = {name: (lambda name=name: method_round(name)) for name in args.methods}
+    if hasattr(first, "embed"):
+        timed["bare embedding pass"] = bare_round
+    for run in timed.values():  # warm-up
+        run()
+    times = {name: [] for name in timed}
     for _ in range(args.rounds):
-        ours.append(method_round())
-        bare.append(bare_round())
-    print(f"{args.method}: {args.classes} classes x (IPC {args.ipc} synthetic + {args.batch_real} real) images of "
-          f"32 px, {rargs.net}, cpu, {torch.get_num_threads()} threads, best of {args.rounds} rounds of "
-          f"{args.iterations} iterations")
-    print(f"{args.method} iteration:        {min(ours) * 1000:8.1f} ms")
-    print(f"bare embedding pass:    {min(bare) * 1000:8.1f} ms")
-    print(f"ratio:                  {min(ours) / min(bare):8.3f}  (target <= 1.2)")
+        for name, run in timed.items():
+            times[name].append(run())
+    best = {name: min(t) for name, t in times.items()}
+    print(f"{args.classes} classes x (IPC {args.ipc} stored + {args.batch_real} real) images of 32 px, "
+          f"{built[args.methods[0]][4].net}, cpu, "
+          f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
+    for name, seconds in best.items():
+        print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms")
+    if "bare embedding pass" in best:
+        for name in args.methods:
+            print(f"ratio {name} / bare:{best[name] / best['bare embedding pass']:20.3f}  (target <= 1.2)")
+    for name in args.methods[1:]:
+        print(f"ratio {name} / {args.methods[0]}:{best[name] / best[args.methods[0]]:20.3f}")
 
 
 if __name__ == "__main__":
