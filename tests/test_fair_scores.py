@@ -92,6 +92,12 @@ def test_fair_table_on_results_json_of_real_runs(bench, tmp_path):
     one = collect(tmp_path)
     one = one[~((one["variant"] == "random-real") & (one["seed"] == 1))]
     assert fair_table(one).set_index("variant").loc["wmdd", "vs random real"] == f"{d[0]:+.2f}"
+    # another baseline: random real paired with wmdd (the negated differences), from the CLI
+    proc = run_module("tools.fair_scores", tmp_path, "--baseline", "wmdd")
+    row = [line for line in proc.stdout.splitlines() if "| random-real |" in line][0]
+    assert "vs wmdd" in proc.stdout and row.endswith(f"| {-d.mean():+.2f} +- {d.std(ddof=1):.2f} |")
+    proc = run_module("tools.fair_scores", tmp_path, "--baseline", "random-real-f2", check=False)
+    assert proc.returncode == 2 and "--baseline random-real-f2: no such variant" in proc.stderr
 
 
 def test_results_csv_pairs_match_results_json_and_the_plot_annotations(bench, tmp_path):

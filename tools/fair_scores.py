@@ -8,7 +8,7 @@ row per experiment, as written by ``benchmarks/distill.sh``; variants as in its
 student budget the table gives the last-epoch top-1 as mean +- std over seeds,
 the number of seeds, and the improvement over ``random-real`` under the same
 protocol: the mean +- std over seeds of the paired difference (same seed, same
-IPC, same student epochs).
+IPC, same student epochs); ``--baseline`` pairs with another variant instead.
 """
 
 from __future__ import annotations
@@ -71,22 +71,23 @@ def _keys(runs: pd.DataFrame) -> list[str]:
     return (["dataset"] if "dataset" in runs.columns else []) + ["protocol", "ipc", "epochs"]
 
 
-def paired_differences(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each non-baseline run paired with the ``random-real`` run of the same seed and
-    :func:`_keys` (the last such row when there are several).
+def paired_differences(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Each non-baseline run paired with the ``baseline`` run (``random-real`` by default)
+    of the same seed and :func:`_keys` (the last such row when there are several).
 
     Args:
         runs: :func:`collect` or :func:`from_results_csv` rows (``top1`` in percent).
+        baseline: the variant every other one is paired with.
 
     Returns:
         One row per pair: the key columns, ``variant``, ``seed``, ``top1``, ``baseline``
-        (random real's top-1) and ``difference`` (``top1 - baseline``, points);
+        (the baseline's top-1) and ``difference`` (``top1 - baseline``, points);
         runs without a baseline run are left out.
     """
     keys = _keys(runs) + ["seed"]
-    base = runs[runs["variant"] == BASELINE].drop_duplicates(keys, keep="last")
+    base = runs[runs["variant"] == baseline].drop_duplicates(keys, keep="last")
     base = base[keys + ["top1"]].rename(columns={"top1": "baseline"})
-    pairs = runs[runs["variant"] != BASELINE].merge(base, on=keys, how="inner")
+    pairs = runs[runs["variant"] != baseline].merge(base, on=keys, how="inner")
     pairs["difference"] = pairs["top1"] - pairs["baseline"]
     return pairs
 
@@ -100,19 +101,21 @@ def _mean_std(values: pd.Series, signed: bool = False) -> str:
     return f"{mean} +- {values.std(ddof=1):.2f}"
 
 
-def fair_table(runs: pd.DataFrame) -> pd.DataFrame:
+def fair_table(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """Per (dataset when present, protocol, ipc, epochs, variant): ``top1`` (mean +- std),
-    ``seeds``, ``epochs`` and ``vs random real`` (mean +- std over seeds of
-    :func:`paired_differences`; empty for random real itself and without a baseline run)."""
+    ``seeds``, ``epochs`` and ``vs <baseline>`` (``vs random real`` by default: mean +- std
+    over seeds of :func:`paired_differences`; empty for the baseline itself and without a
+    baseline run)."""
     keys = _keys(runs) + ["variant"]
-    diffs = {k: g["difference"] for k, g in paired_differences(runs).groupby(keys, sort=False)}
+    column = "vs random real" if baseline == BASELINE else f"vs {baseline}"
+    diffs = {k: g["difference"] for k, g in paired_differences(runs, baseline).groupby(keys, sort=False)}
     rows = []
     for values, group in runs.groupby(keys, sort=True):
         key = dict(zip(keys, values))
         diff = diffs.get(values)
         rows.append({**{k: v for k, v in key.items() if k not in ("epochs", "variant")}, "variant": key["variant"],
                      "top1": _mean_std(group["top1"]), "seeds": len(group), "epochs": key["epochs"],
-                     "vs random real": "" if diff is None else _mean_std(diff, signed=True)})
+                     column: "" if diff is None else _mean_std(diff, signed=True)})
     return pd.DataFrame(rows)
 
 
@@ -126,11 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     p = StageParser(prog="python -m tools.fair_scores", description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", type=Path, help="benchmark output directory (dm_family.sh layout)")
     p.add_argument("--csv", type=Path, help="run.sh's results.csv instead of a benchmark directory")
+    p.add_argument("--baseline", default=BASELINE,
+                   help="variant the others are paired with [random-real]; e.g. random-real-f2, random real at a "
+                        "multi-formation method's pixel budget")
     args = p.parse_args(argv)
     if (args.out is None) == (args.csv is None):
         raise UserError("pass either a benchmark output directory or --csv results.csv (one of them)")
     runs = from_results_csv(args.csv) if args.csv else collect(args.out)
-    print(markdown(fair_table(runs)))
+    if args.baseline not in set(runs["variant"]):
+        raise UserError(f"--baseline {args.baseline}: no such variant among the runs "
+                        f"({', '.join(sorted(set(runs['variant'])))})")
+    print(markdown(fair_table(runs, args.baseline)))
     return 0
 
 
