@@ -52,6 +52,8 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
     ``step``: x0.1 every 30 epochs; ``half``: x0.1 from epoch ``epochs // 2`` on
     (the DM family's evaluation); ``multistep``: x0.2 from epoch ``2 epochs // 3`` on
     and again from ``5 epochs // 6`` (IDC/DANCE's experts and evaluation); ``none``: constant.
+    A decay never starts at epoch 0 (milestones are at least 1), so a run of one
+    epoch (a CPU preset or a smoke test) trains at ``lr``, not at its decayed value.
 
     Raises:
         UserError: unknown schedule name.
@@ -61,9 +63,9 @@ def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: i
     elif name == "step":
         fn = lambda e: 0.1 ** (e // 30)  # noqa: E731
     elif name == "half":
-        fn = lambda e: 0.1 if e >= epochs // 2 else 1.0  # noqa: E731
+        fn = lambda e: 0.1 if e >= max(1, epochs // 2) else 1.0  # noqa: E731
     elif name == "multistep":
-        fn = lambda e: 0.2 ** ((e >= 2 * epochs // 3) + (e >= 5 * epochs // 6))  # noqa: E731
+        fn = lambda e: 0.2 ** ((e >= max(1, 2 * epochs // 3)) + (e >= max(1, 5 * epochs // 6)))  # noqa: E731
     elif name == "none":
         fn = lambda e: 1.0  # noqa: E731
     else:

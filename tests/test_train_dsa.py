@@ -58,6 +58,23 @@ def test_half_schedule():
     assert lrs[499] == 1.0 and lrs[500] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1)
 
 
+def _lrs(name: str, epochs: int) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = build_epoch_scheduler(name, opt, epochs)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(round(opt.param_groups[0]["lr"], 6))
+        schedule.step()
+    return lrs
+
+
+def test_multistep_schedule_and_no_decay_at_epoch_0():
+    lrs = _lrs("multistep", 60)
+    assert lrs[39] == 1.0 and lrs[40] == 0.2 and lrs[49] == 0.2 and lrs[50] == 0.04 and lrs[-1] == 0.04
+    assert _lrs("multistep", 1) == [1.0] and _lrs("half", 1) == [1.0]
+    assert _lrs("multistep", 2) == [1.0, 0.04] and _lrs("half", 2) == [1.0, 0.1]
+
+
 def test_two_rank_torchrun_trains_the_same_student(dsa_run, real_set, cifar_root, tmp_path):
     """Each recorded batch is split over the ranks (8 + 8 images), so DDP's averaged
     gradient is the one-process gradient up to float rounding."""
