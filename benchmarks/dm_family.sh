@@ -69,3 +69,7 @@ for seed in $SEEDS; do
   done
 done
 "$PYTHON" -m tools.fair_scores "$OUT"
+if [[ " $VARIANTS " == *" random-real-f2 "* ]]; then
+  echo "paired with random real at the multi-formation pixel budget (random-real-f2):"
+  "$PYTHON" -m tools.fair_scores "$OUT" --baseline random-real-f2
+fi

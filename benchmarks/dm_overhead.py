@@ -35,17 +35,17 @@ from benchmarks.data import cached_dataset
 from common.data import image_folder, split_dir
 from common.datasets import get_spec
 from common.transforms import eval_transform, pixel_bounds
-from recover.matching import mean_embedding_loss
 from models.experts import load_experts
+from recover.matching import mean_embedding_loss
 from recover.methods import Resources
 from recover.options import build_parser, resolve_args
 from recover.real_pool import RealPool
 from recover.synthesize import SynthesisConfig, synthesize
 
 
-def _built(name: str, args, data: str, dataset, spec):
-    """``(method instance, objective, synthesis config, initial stored images)`` of ``name``
-    on the first ``args.classes`` classes."""
+def _built(name: str, args, data: str, dataset, spec, pool: RealPool):
+    """``(method instance, objective, synthesis config, initial stored images, resolved
+    recover arguments)`` of ``name`` on the first ``args.classes`` classes."""
     flags = ["--method", name, "--dataset", "cifar10", "--data-path", data, "--output-dir", "unused",
              "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", "cpu"]
     if name == "dance":
@@ -61,7 +61,6 @@ def _built(name: str, args, data: str, dataset, spec):
     method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
                            device=torch.device("cpu"), experts=experts))
     classes = list(range(args.classes))
-    pool = RealPool(dataset, classes, spec, 32)
     real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes])
     config = SynthesisConfig(iterations=args.iterations, lr=rargs.lr, optimisation=cls.optimisation(rargs),
                              log_every=10 ** 9)
@@ -81,13 +80,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data-path")
     args = p.parse_args()
+    if args.experts and "dance" not in args.methods:
+        p.error("--experts is for --methods dance")
     data = args.data_path or str(cached_dataset("cifar10"))
     spec = get_spec("cifar10")
     dataset = image_folder(split_dir(data, "train"), eval_transform(spec, 32))
     low, high = pixel_bounds(spec)
-    built = {name: _built(name, args, data, dataset, spec) for name in args.methods}
     classes = list(range(args.classes))
     pool = RealPool(dataset, classes, spec, 32)
+    built = {name: _built(name, args, data, dataset, spec, pool) for name in args.methods}
     real = torch.cat([pool.sample(c, args.batch_real) for c in classes])
     sizes = [min(args.batch_real, pool.size(c)) for c in classes]
 
@@ -111,7 +112,7 @@ def main() -> None:
         return (time.perf_counter() - start) / args.iterations
 
     timed = {name: (lambda name=name: method_round(name)) for name in args.methods}
-    if hasattr(first, "embed"):
+    if args.methods[0] in ("dm", "ddm"):
         timed["bare embedding pass"] = bare_round
     for run in timed.values():  # warm-up
         run()
@@ -121,7 +122,7 @@ def main() -> None:
             times[name].append(run())
     best = {name: min(t) for name, t in times.items()}
     print(f"{args.classes} classes x (IPC {args.ipc} stored + {args.batch_real} real) images of 32 px, "
-          f"{built[args.methods[0]][4].net}, cpu, "
+          f"{', '.join(f'{name} on {b[4].net or b[0].experts.name}' for name, b in built.items())}, cpu, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
     for name, seconds in best.items():
         print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms")

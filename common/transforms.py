@@ -47,6 +47,15 @@ def eval_transform(spec: DatasetSpec, size: int) -> v2.Compose:
     return v2.Compose(_eval_geometry(spec, size) + [to_normalized_tensor(spec)])
 
 
+def distilled_transform(spec: DatasetSpec, size: int) -> v2.Compose:
+    """A stored distilled image (a PNG written at the input size) -> float32 ``[3, size,
+    size]`` (normalised): resized to ``size x size`` when its size differs (the identity
+    when it does not), never cropped, so that every stored pixel reaches the student
+    (:func:`eval_transform` crops the centre of images above 64 px). Equals
+    :func:`eval_transform` for datasets of 64 px and below."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), to_normalized_tensor(spec)])
+
+
 def eval_pixels_transform(spec: DatasetSpec, size: int) -> v2.Compose:
     """:func:`eval_transform` without the normalisation: ``[3, size, size]`` uint8
     tensors (a quarter of the memory; :func:`normalize` finishes the job)."""

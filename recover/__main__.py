@@ -151,8 +151,8 @@ def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: 
     """Synthesise (or copy) the images of class batch ``b`` and mark it done.
 
     ``sources[c]`` lists the dataset sample indices that class ``c``'s images start
-    from (``--init real`` or ``medoid``; IPC of them, or IPC x tiles for DANCE's
-    multi-formation); with ``--init noise`` they start from N(0, 1).
+    from (``--init real`` or ``medoid``; IPC of them, or IPC x tiles with
+    multi-formation, ``--factor``); with ``--init noise`` they start from N(0, 1).
     """
     res = method.res
     torch.manual_seed(derive_seed(args.seed, "recover-batch", b))

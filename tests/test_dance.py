@@ -123,8 +123,9 @@ def test_dance_protocol_is_the_dsa_protocol_with_cutmix_and_multiformation():
                               variant_defaults=PROTOCOLS)
     dsa = parse_with_config(build_parser(), ["--protocol", "dsa"], "train", variant="protocol",
                             variant_defaults=PROTOCOLS)
-    assert (dance.cutmix_prob, dance.factor, dance.epochs, dance.batch_size) == (0.5, 2, 1500, 64)
-    assert (dsa.cutmix_prob, dsa.factor, dsa.epochs, dsa.batch_size, dsa.lr_scheduler) == (0.0, 1, 1000, 256, "half")
+    assert (dance.cutmix_prob, dance.epochs, dance.batch_size) == (0.5, 1500, 64)
+    assert (dsa.cutmix_prob, dsa.epochs, dsa.batch_size, dsa.lr_scheduler) == (0.0, 1000, 256, "half")
+    assert dance.factor is None and dsa.factor is None  # the set's recorded factor (train.student.resolve_factor)
     assert dance.model == dsa.model == "convnet_in" and dance.lr == dsa.lr == 0.01
 
 
@@ -142,8 +143,10 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
                env=ONE_THREAD)
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "dance" and 0 <= results["top1"] <= 100
-    proc = run_module("train", "--protocol", "dsa", "--images", rec / "images", "--dataset", "cifar10",
-                      "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0", check=False)
+    assert json.loads((out / "manifest.json").read_text())["args"]["factor"] == 2
+    proc = run_module("train", "--protocol", "dsa", "--factor", "1", "--images", rec / "images", "--dataset",
+                      "cifar10", "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0",
+                      check=False)
     assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr
     assert "pass --factor 2" in proc.stderr and not (tmp_path / "no-decode" / "manifest.json").exists()
     data = ["--dataset", "cifar10", "--data-path", cifar_root]
@@ -173,6 +176,11 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
     proc = run_module("tools.decode_images", "--images", decoded / "images", "--output-dir", tmp_path / "again",
                       check=False)
     assert proc.returncode == 2 and "not a multi-formation set" in proc.stderr
+    proc = run_module("tools.decode_images", "--images", rec / "images", "--output-dir", rec / "decoded", check=False)
+    assert proc.returncode == 2 and "inside the recover run" in proc.stderr and not (rec / "decoded").exists()
+    proc = run_module("tools.decode_images", "--images", tmp_path / "none" / "images", "--output-dir",
+                      tmp_path / "d2", check=False)
+    assert proc.returncode == 2 and "not a multi-formation set" not in proc.stderr and "none" in proc.stderr
 
 
 def test_random_real_with_factor_2_is_dance_s_starting_point(cifar_root, tmp_path):

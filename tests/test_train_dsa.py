@@ -98,3 +98,20 @@ def test_bad_dsa_input(flags, expect, real_set, cifar_root, tmp_path):
     proc = _train(real_set, cifar_root, out, *flags, check=False)
     assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
     assert not (out / "manifest.json").exists()
+
+
+def test_stored_224px_images_reach_the_dsa_student_uncropped():
+    """Distilled PNGs are loaded whole (resize only when the size differs), not centre-cropped
+    like evaluation images above 64 px."""
+    import numpy as np
+    from PIL import Image
+
+    from common.datasets import get_spec
+    from common.transforms import distilled_transform, eval_transform, to_normalized_tensor
+
+    spec = get_spec("imagenette")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    whole = to_normalized_tensor(spec)(image)
+    assert torch.equal(distilled_transform(spec, 224)(image), whole)
+    assert not torch.allclose(eval_transform(spec, 224)(image), whole, atol=0.1)
+    assert distilled_transform(spec, 112)(image).shape == (3, 112, 112)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,9 +29,10 @@ from common.cli import StageParser, run_main
 from common.data import load_image
 from common.datasets import DatasetSpec
 from common.errors import UserError
+from common.io import sha256_file
 from common.manifest import MANIFEST, finished_with_same_args, read_manifest, write_manifest
 from common.multiformation import decode, recorded_factor
-from common.transforms import eval_transform
+from common.transforms import distilled_transform
 from recover.images import save_class_images, write_grid, write_sample_weights
 from train.data import load_image_set, load_sample_weights
 
@@ -48,18 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
 def decode_set(images_dir: Path, out: Path) -> dict:
     """Decode the set in ``images_dir`` into ``out`` and return its manifest.
 
+    A previous partial output in ``out`` (a killed run) is replaced.
+
     Raises:
-        UserError: the set is not a multi-formation set (factor 1), its recover
-            manifest is missing or its files changed, or its classes hold
-            different numbers of images.
+        UserError: ``images_dir`` is not an image folder, not a multi-formation set
+            (factor 1), its recover manifest is missing or its files changed, its
+            classes hold different numbers of images, or ``out`` is inside the
+            recover run's directory.
     """
+    images = load_image_set(images_dir)
     factor = recorded_factor(images_dir)
     if factor == 1:
         raise UserError(f"{images_dir}: not a multi-formation set (no factor > 1 in "
                         f"{images_dir.parent / MANIFEST}); relabel and train use it as it is")
+    source = images_dir.parent.resolve()
+    if out.resolve() == source or source in out.resolve().parents:
+        raise UserError(f"--output-dir {out}: inside the recover run {source}; pass a directory outside it "
+                        f"(e.g. {source.parent / 'decoded'})")
     recover = read_manifest(images_dir.parent, "recover")
     spec = DatasetSpec.from_dict(recover["dataset"])
-    images = load_image_set(images_dir)
+    shutil.rmtree(out / "images", ignore_errors=True)
     counts = torch.bincount(images.labels, minlength=len(images.classes))
     if len(set(counts.tolist())) != 1:
         raise UserError(f"{images_dir}: classes hold different numbers of images ({counts.tolist()}); "
@@ -69,13 +79,13 @@ def decode_set(images_dir: Path, out: Path) -> dict:
     tiles = factor ** 2
     for k, name in enumerate(images.classes):
         paths = [p for p, y in zip(images.paths, images.labels.tolist()) if y == k]
-        stored = torch.stack([eval_transform(spec, recover["input_size"])(load_image(str(p))) for p in paths])
+        stored = torch.stack([distilled_transform(spec, recover["input_size"])(load_image(str(p))) for p in paths])
         save_class_images(decode(stored, factor), spec, out / "images" / name)
     per_class = int(counts[0]) * tiles
     write_sample_weights(out / "sample_weights.csv", images.classes,
                          weights.repeat_interleave(tiles).view(len(images.classes), per_class))
     write_grid(out / "images", images.classes, out / "grid.png")
-    return write_manifest(out, stage="decode", args={"images": str(images_dir)},
+    return write_manifest(out, stage="decode", args=run_args(images_dir),
                           outputs=OUTPUTS, dataset=recover["dataset"], classes=images.classes,
                           inputs={"recover_manifest": images_dir.parent / MANIFEST},
                           extra={"source_factor": factor, "method": recover.get("method"),
@@ -84,10 +94,18 @@ def decode_set(images_dir: Path, out: Path) -> dict:
                                  "num_images": per_class * len(images.classes)})
 
 
+def run_args(images_dir: Path) -> dict:
+    """What defines a decode run: the source folder and the sha256 of its recover
+    manifest (which lists every stored image's sha256), so that a set re-made in the
+    same place is decoded again."""
+    manifest = images_dir.parent / MANIFEST
+    return {"images": str(images_dir), "recover_manifest_sha256": sha256_file(manifest) if manifest.is_file() else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     images_dir, out = Path(args.images), Path(args.output_dir)
-    if finished_with_same_args(out, "decode", {"images": str(images_dir)}):
+    if finished_with_same_args(out, "decode", run_args(images_dir)):
         return 0
     manifest = decode_set(images_dir, out)
     log.info("decoded %s (factor %d) into %d images in %s", images_dir, manifest["source_factor"],

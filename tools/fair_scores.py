@@ -129,17 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     p = StageParser(prog="python -m tools.fair_scores", description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", type=Path, help="benchmark output directory (dm_family.sh layout)")
     p.add_argument("--csv", type=Path, help="run.sh's results.csv instead of a benchmark directory")
-    p.add_argument("--baseline", default=BASELINE,
+    p.add_argument("--baseline",
                    help="variant the others are paired with [random-real]; e.g. random-real-f2, random real at a "
                         "multi-formation method's pixel budget")
     args = p.parse_args(argv)
     if (args.out is None) == (args.csv is None):
         raise UserError("pass either a benchmark output directory or --csv results.csv (one of them)")
     runs = from_results_csv(args.csv) if args.csv else collect(args.out)
-    if args.baseline not in set(runs["variant"]):
+    if args.baseline is not None and args.baseline not in set(runs["variant"]):
         raise UserError(f"--baseline {args.baseline}: no such variant among the runs "
                         f"({', '.join(sorted(set(runs['variant'])))})")
-    print(markdown(fair_table(runs, args.baseline)))
+    print(markdown(fair_table(runs, args.baseline or BASELINE)))
     return 0
 
 

@@ -34,7 +34,7 @@ from common.manifest import finished_with_same_args, record_run_args, run_argume
 from common.soft_labels import meta_path
 from common.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
 from models import create_model, parse_model_kwargs
-from train.student import PROTOCOLS, StudentRun, build_parser, train_epoch, training_mode
+from train.student import PROTOCOLS, StudentRun, build_parser, resolve_factor, train_epoch, training_mode
 
 log = logging.getLogger("wmdd.train")
 RESUME_IGNORES = ("workers", "device", "config")
@@ -43,6 +43,7 @@ RESUME_IGNORES = ("workers", "device", "config")
 def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS)
     training_mode(args)
+    resolve_factor(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "train", run_args):

@@ -27,7 +27,7 @@ from common.manifest import MANIFEST
 from common.multiformation import decode, recorded_factor, refuse_tiled
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
-from common.transforms import eval_transform, train_transform
+from common.transforms import distilled_transform, eval_transform, train_transform
 from common.views import (MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, cutmix_batch, image_sizes,
                           planned_loader)
 from models import model_names
@@ -41,15 +41,16 @@ log = logging.getLogger("wmdd.train")
 #: Option values each protocol sets unless the command line or the YAML gives them.
 #: dsa: DM (Zhao & Bilen 2023): distilled sets on the ConvNet, hard labels, DSA.
 #: dance: DANCE (Zhang et al. 2024; IDC's evaluation): the dsa protocol with CutMix
-#: (p 0.5), multi-formation decoding (factor 2), batch 64, 1,500 epochs, lr x0.2 at
-#: 2/3 and 5/6, and no cutout in DSA (the authors drop it when CutMix is on).
+#: (p 0.5), batch 64, 1,500 epochs, lr x0.2 at 2/3 and 5/6, and no cutout in DSA (the
+#: authors drop it when CutMix is on). Both decode multi-formation sets with the
+#: factor their recover run recorded (:func:`resolve_factor`).
 PROTOCOLS: dict[str, dict] = {
     "fkd": {},
     "dsa": {"model": "convnet_in", "opt": "sgd", "lr": 0.01, "momentum": 0.9, "wd": 5e-4, "lr_scheduler": "half",
             "batch_size": 256, "epochs": 1000},
 }
 PROTOCOLS["dance"] = {**PROTOCOLS["dsa"], "epochs": 1500, "batch_size": 64, "lr_scheduler": "multistep",
-                      "cutmix_prob": 0.5, "factor": 2, "dsa_strategy": "color_crop_flip_scale_rotate"}
+                      "cutmix_prob": 0.5, "dsa_strategy": "color_crop_flip_scale_rotate"}
 
 #: Protocols trained by the DSA path (:meth:`StudentRun.dsa_epoch`).
 DSA_PROTOCOLS = ("dsa", "dance")
@@ -64,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation protocol: fkd = the decoupled (SRe2L/WMDD) protocol, soft labels or "
                         "--hard-labels on recorded views; dsa = the DM family's: hard labels, DSA on every batch, "
                         "convnet_in, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half the epochs, batch 256, "
-                        "1,000 epochs; dance = dsa + CutMix 0.5, --factor 2, batch 64, 1,500 epochs, lr x0.2 at 2/3 "
+                        "1,000 epochs; dance = dsa + CutMix 0.5, batch 64, 1,500 epochs, lr x0.2 at 2/3 "
                         "and 5/6, DSA without cutout (each explicitly given option still wins)")
     p.add_argument("--dsa-strategy", default=DEFAULT_STRATEGY, help="DSA transform families (--protocol dsa, dance)")
     p.add_argument("--cutmix-prob", type=PROBABILITY, default=0.0,
                    help="--protocol dsa/dance: probability of CutMix per batch, after DSA (dance: 0.5)")
-    p.add_argument("--factor", type=COUNT, default=1,
+    p.add_argument("--factor", type=COUNT,
                    help="--protocol dsa/dance: multi-formation factor of the stored images; each decodes into "
-                        "factor^2 training images (dance: 2)")
+                        "factor^2 training images (default: the factor the recover run recorded, 1 without one; "
+                        "another value is refused)")
     p.add_argument("--images", help="ImageFolder of distilled images (recover's OUT/images)")
     p.add_argument("--soft-labels", help="relabel output directory")
     p.add_argument("--online-teacher", help="teacher directory: label views on the fly")
@@ -120,7 +122,7 @@ def training_mode(args) -> str:
     for name in ("data_path", "output_dir"):
         if not getattr(args, name):
             raise UserError(f"--{name.replace('_', '-')} is required")
-    if args.protocol not in DSA_PROTOCOLS and (args.cutmix_prob or args.factor != 1):
+    if args.protocol not in DSA_PROTOCOLS and (args.cutmix_prob or args.factor not in (None, 1)):
         raise UserError("--cutmix-prob and --factor are options of --protocol dsa or dance; drop them or pick "
                         "one of those protocols")
     if args.train_dir:
@@ -146,6 +148,15 @@ def training_mode(args) -> str:
     if len(chosen) != 1:
         raise UserError("pass exactly one of --soft-labels DIR, --online-teacher DIR, --hard-labels")
     return chosen[0]
+
+
+def resolve_factor(args) -> None:
+    """Set an unset ``--factor`` to the multi-formation factor recorded by the recover
+    run of ``--images`` (:func:`common.multiformation.recorded_factor`) under the DSA
+    protocols, and to 1 otherwise (real-image training; the FKD protocol refuses
+    tiled sets, :func:`common.multiformation.refuse_tiled`)."""
+    if args.factor is None:
+        args.factor = recorded_factor(args.images) if args.images and args.protocol in DSA_PROTOCOLS else 1
 
 
 def _check_factor(images: Path, factor: int) -> None:
@@ -244,7 +255,7 @@ class StudentRun:
         self.classes = self.images.classes
         self.spec = self._spec_from_args()
         self.input_size = args.input_size or self.spec.image_size
-        transform = eval_transform(self.spec, self.input_size)
+        transform = distilled_transform(self.spec, self.input_size)
         _check_factor(self.images.root, args.factor)
         tiles = args.factor ** 2
         self.pixels = decode(torch.stack([transform(load_image(str(p))) for p in self.images.paths]), args.factor)

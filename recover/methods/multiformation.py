@@ -4,8 +4,10 @@ random-real baseline at the same pixel budget).
 A method that subclasses :class:`MultiFormation` stores each image as a
 ``factor x factor`` grid of tiles (:mod:`common.multiformation`), starts each
 stored image from ``factor**2`` seeded real images of its class, downsampled
-into the tiles, and records the factor in its manifest, from which the train
-stage (``--protocol dsa``/``dance``) and :mod:`tools.decode_images` decode it.
+into the tiles, and records the factor in its manifest: the train stage
+(``--protocol dsa``/``dance``) decodes with it (and refuses another
+``--factor``), relabel and FKD training refuse a factor above 1, and
+:mod:`tools.decode_images` writes the decoded images as an ordinary set.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from common.multiformation import encode
 from recover.methods.registry import RecoverMethod
 
 
+def factor(args: argparse.Namespace) -> int:
+    """``--factor``, 1 when unset (random-real leaves it unset, so that the arguments
+    recorded by its runs from before the option existed still match)."""
+    return args.factor or 1
+
+
 class MultiFormation(RecoverMethod):
-    """Mixin of ``--factor`` (the method's ``defaults`` give its value: DANCE 2, random-real 1)."""
+    """Mixin of ``--factor`` (DANCE's ``defaults`` set 2; unset means 1)."""
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -30,13 +38,13 @@ class MultiFormation(RecoverMethod):
 
     @classmethod
     def real_per_image(cls, args: argparse.Namespace) -> int:
-        return args.factor ** 2
+        return factor(args) ** 2
 
     def initial_images(self, real: torch.Tensor) -> torch.Tensor:
         """``factor**2`` real images per stored image, downsampled into its tiles
         (``[G * ipc * factor**2, 3, S, S]`` -> ``[G * ipc, 3, S, S]``, :func:`common.multiformation.encode`)."""
-        return encode(real, self.res.args.factor)
+        return encode(real, factor(self.res.args))
 
     def manifest_fields(self) -> dict:
         args = self.res.args
-        return {"factor": args.factor, "decoded_images": args.ipc * args.factor ** 2 * len(self.res.classes)}
+        return {"factor": factor(args), "decoded_images": args.ipc * factor(args) ** 2 * len(self.res.classes)}

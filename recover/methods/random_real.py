@@ -17,8 +17,8 @@ class RandomReal(MultiFormation):
     random-real baseline at a multi-formation method's pixel budget."""
 
     name = "random-real"
-    summary = "IPC seeded real images per class, unchanged (the baseline)"
-    defaults = {"init": "real", "factor": 1}
+    summary = "IPC seeded real images per class, unoptimised (the baseline; --factor F: F x F of them per image)"
+    defaults = {"init": "real"}
     optimizes = False
     inits = ("real",)
 

@@ -141,8 +141,8 @@ class RecoverMethod:
 
     @classmethod
     def real_per_image(cls, args: argparse.Namespace) -> int:
-        """Seeded real images per stored image that ``--init real`` draws (1; DANCE's
-        multi-formation: ``factor**2``)."""
+        """Seeded real images per stored image that ``--init real`` draws (1; with
+        multi-formation, :mod:`recover.methods.multiformation`: ``factor**2``)."""
         return 1
 
     def __init__(self, resources: Resources):
