@@ -26,15 +26,13 @@ from pathlib import Path
 import torch
 
 from common.cli import StageParser, run_main
-from common.data import load_image
 from common.datasets import DatasetSpec
 from common.errors import UserError
 from common.io import sha256_file
 from common.manifest import MANIFEST, finished_with_same_args, read_manifest, write_manifest
-from common.multiformation import decode, recorded_factor
-from common.transforms import distilled_transform
+from common.multiformation import recorded_factor
 from recover.images import save_class_images, write_grid, write_sample_weights
-from train.data import load_image_set, load_sample_weights
+from train.data import load_decoded, load_image_set, load_sample_weights
 
 log = logging.getLogger("wmdd.decode")
 OUTPUTS = ["images", "sample_weights.csv", "grid.png"]
@@ -79,8 +77,7 @@ def decode_set(images_dir: Path, out: Path) -> dict:
     tiles = factor ** 2
     for k, name in enumerate(images.classes):
         paths = [p for p, y in zip(images.paths, images.labels.tolist()) if y == k]
-        stored = torch.stack([distilled_transform(spec, recover["input_size"])(load_image(str(p))) for p in paths])
-        save_class_images(decode(stored, factor), spec, out / "images" / name)
+        save_class_images(load_decoded(paths, spec, recover["input_size"], factor), spec, out / "images" / name)
     per_class = int(counts[0]) * tiles
     write_sample_weights(out / "sample_weights.csv", images.classes,
                          weights.repeat_interleave(tiles).view(len(images.classes), per_class))

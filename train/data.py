@@ -12,7 +12,10 @@ import pandas as pd
 import torch
 from torchvision.datasets import ImageFolder
 
-from common.data import distilled_images_dir, image_folder, with_transform
+from common.data import distilled_images_dir, image_folder, load_image, with_transform
+from common.datasets import DatasetSpec
+from common.multiformation import decode
+from common.transforms import distilled_transform
 from common.errors import UserError
 from common.io import sha256_files
 
@@ -55,6 +58,21 @@ def load_image_set(images_dir: str | Path) -> ImageSet:
     ds = image_folder(root)
     return ImageSet(root, [str(Path(p).relative_to(root)) for p, _ in ds.samples],
                     torch.tensor(ds.targets, dtype=torch.int64), ds.classes)
+
+
+def load_decoded(paths: list[Path], spec: DatasetSpec, size: int, factor: int) -> torch.Tensor:
+    """The training images of stored distilled images: each PNG loaded whole at ``size``
+    px (:func:`common.transforms.distilled_transform`) and decoded into its ``factor**2``
+    tiles (:func:`common.multiformation.decode`; factor 1: the images themselves).
+
+    Returns:
+        normalised float32 ``[len(paths) * factor**2, 3, size, size]``, image-major.
+
+    Raises:
+        UserError: an unreadable image (names the file), or ``size`` not divisible by ``factor``.
+    """
+    transform = distilled_transform(spec, size)
+    return decode(torch.stack([transform(load_image(str(p))) for p in paths]), factor)
 
 
 def load_sample_weights(csv_path: str | Path, images: ImageSet) -> torch.Tensor:

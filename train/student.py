@@ -17,22 +17,22 @@ import torch.nn as nn
 
 from common.bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
 from common.config import add_classes_option, stage_parser
-from common.data import image_folder, load_image, resolve_classes, split_dir, with_transform
+from common.data import image_folder, resolve_classes, split_dir, with_transform
 from common.datasets import DatasetSpec, dataset_names, get_spec
 from common.distributed import DistContext
 from common.dsa import DEFAULT_STRATEGY, DSAParams, augment
 from common.errors import UserError
 from common.loaders import seed_epoch, train_loader
 from common.manifest import MANIFEST
-from common.multiformation import decode, recorded_factor, refuse_tiled
+from common.multiformation import recorded_factor, refuse_tiled
 from common.soft_labels import SoftLabels
 from common.training import derive_seed
-from common.transforms import distilled_transform, eval_transform, train_transform
+from common.transforms import eval_transform, train_transform
 from common.views import (MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, cutmix_batch, image_sizes,
                           planned_loader)
 from models import model_names
 from models.teacher import Teacher, load_teacher, teacher_sha256
-from train.data import ImageSet, load_image_set, load_sample_weights, relabelled
+from train.data import ImageSet, load_decoded, load_image_set, load_sample_weights, relabelled
 from train.losses import kd_loss, mixed_cross_entropy
 from train.pseudo_labels import parse_pseudo_label_csv, summarize
 
@@ -255,10 +255,9 @@ class StudentRun:
         self.classes = self.images.classes
         self.spec = self._spec_from_args()
         self.input_size = args.input_size or self.spec.image_size
-        transform = distilled_transform(self.spec, self.input_size)
         _check_factor(self.images.root, args.factor)
         tiles = args.factor ** 2
-        self.pixels = decode(torch.stack([transform(load_image(str(p))) for p in self.images.paths]), args.factor)
+        self.pixels = load_decoded(self.images.paths, self.spec, self.input_size, args.factor)
         self.labels = self.images.labels.repeat_interleave(tiles)
         self.dsa = DSAParams(strategy=args.dsa_strategy)
         self._load_weights()
