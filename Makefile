@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) ./run.sh --demo

@@ -37,9 +37,12 @@ Long options:
   --method NAME                     recover method (python -m recover --help lists them:
                                     wmdd sre2l random-real dm ddm ...) [wmdd]; the same defaults as
                                     python -m recover --method NAME
-  --protocol fkd|dsa                evaluation: fkd = teacher soft labels (relabel + train) [fkd];
+  --protocol fkd|dsa|dance          evaluation: fkd = teacher soft labels (relabel + train) [fkd];
                                     dsa = the DM family's hard labels + DSA (train --protocol dsa, no
-                                    relabel; no teacher needed for methods without one)
+                                    relabel; no teacher needed for methods without one); dance = dsa
+                                    with DANCE's CutMix and schedule (train --protocol dance).
+                                    fkd decodes a multi-formation set (recover --factor F) first
+                                    (python -m tools.decode_images into EXP/decoded)
   --device auto|cpu|cuda            [auto]
   --out DIR                         output root [runs/ in the repository]
   --seed N                          seed of recover, relabel and train [0]
@@ -103,7 +106,7 @@ shift $((OPTIND - 1))
 
 is_int() { [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 ]]; }
 is_num() { [[ "$1" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; }
-case "$PROTOCOL" in fkd|dsa) ;; *) die "--protocol $PROTOCOL: expected fkd or dsa" ;; esac
+case "$PROTOCOL" in fkd|dsa|dance) ;; *) die "--protocol $PROTOCOL: expected fkd, dsa or dance" ;; esac
 case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device $DEVICE: expected auto, cpu or cuda" ;; esac
 is_int "$IPC" || die "-c $IPC: IPC must be a positive integer"
 is_int "$SEED" || [[ "$SEED" == 0 ]] || die "--seed $SEED: expected a non-negative integer"
@@ -232,8 +235,8 @@ run_experiment() {
   local epochs=()
   [[ -n "$EPOCHS" ]] && epochs=(--epochs "$EPOCHS")
   [[ "$DEBUG" == 1 && -z "$EPOCHS" ]] && epochs=(--epochs 2)
-  if [[ "$PROTOCOL" == dsa ]]; then
-    local tr=(--protocol dsa --images "$images" --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp_dir/train"
+  if [[ "$PROTOCOL" != fkd ]]; then
+    local tr=(--protocol "$PROTOCOL" --images "$images" --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp_dir/train"
               --seed "$SEED" --device "$DEVICE" "${epochs[@]+"${epochs[@]}"}" "${SUBSET[@]+"${SUBSET[@]}"}"
               "${CONFIG[@]+"${CONFIG[@]}"}")
     [[ -n "$SMODEL_GIVEN" ]] && tr+=(--model "$SMODEL")
@@ -243,6 +246,16 @@ run_experiment() {
     stage train "${tr[@]}"
     summarize "$exp" "$exp_dir" "$teacher_dir"
     return
+  fi
+  # a multi-formation set (recover --factor F > 1) is decoded into ordinary images first:
+  # relabel and FKD training cut their views from whole images (python -m tools.decode_images)
+  local factor
+  factor=$("$PYTHON" -c 'import sys; from common.multiformation import recorded_factor
+print(recorded_factor(sys.argv[1]))' "$images")
+  if [[ "$factor" != 1 ]]; then
+    echo "==> decode (multi-formation factor $factor)"
+    "$PYTHON" -m tools.decode_images --images "$images" --output-dir "$exp_dir/decoded"
+    images="$exp_dir/decoded/images"
   fi
   count=$(find "$images" -name '*.png' | wc -l)
   [[ -n "$batch" ]] || batch=$(( count < 100 ? count : 100 ))

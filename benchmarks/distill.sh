@@ -4,12 +4,14 @@
 # IPC and seed, through run.sh; random-real is always run (added to -m when missing), so the script
 # ends with the mean +- std table, plots (tools/plot_results) and the fair-score table
 # (tools/fair_scores: each method's improvement over random real, paired by seed). Finished runs are
-# skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol.
+# skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol. A method
+# NAME-fF (e.g. random-real-f2, medoids-f2, wmdd-f2) is NAME with recover --factor F (multi-formation;
+# run.sh decodes the tiles for the FKD protocol).
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
 #          [-m "random-real sre2l wmdd-global wmdd"] [-a "extra recover flags"] [-x "extra run.sh flags"]
-#          [-P fkd|dsa]
+#          [-P fkd|dsa|dance]
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,12 +24,12 @@ while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -39,12 +41,15 @@ read -r -a extra <<<"$EXTRA"
 for ipc in $IPCS; do
   for seed in $SEEDS; do
     for method in $METHODS; do
-      rargs="$RARGS"
-      case "$method" in
-        wmdd-global) flags=(--method wmdd); rargs="$RARGS --no-per-class-bn" ;;
-        *) flags=(--method "$method") ;;
+      base="$method" rargs="$RARGS"
+      if [[ "$method" =~ ^(.+)-f([0-9]+)$ ]]; then  # NAME-fF: NAME with multi-formation factor F
+        base="${BASH_REMATCH[1]}"; rargs="$RARGS --factor ${BASH_REMATCH[2]}"
+      fi
+      case "$base" in
+        wmdd-global) flags=(--method wmdd); rargs="$rargs --no-per-class-bn" ;;
+        *) flags=(--method "$base") ;;
       esac
-      [[ -n "$RBN" && "$method" =~ ^(wmdd|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
+      [[ -n "$RBN" && "$base" =~ ^(wmdd|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
       echo "=== $DATASET IPC $ipc seed $seed $method"
       "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" -i "$ITERS" \
         -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed$SUFFIX" --device cpu \

@@ -52,18 +52,24 @@ log = logging.getLogger("wmdd.recover")
 RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size")
 
 
-def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: Path) -> dict:
-    """Features (cached), per-class barycenters and their medoids, saved to ``barycenters.pt`` (rank 0).
+def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: Path,
+                        support_per_image: int = 1) -> dict:
+    """Features (cached), per-class barycenters of ``k = IPC * support_per_image`` support
+    points (one per decoded image: ``factor**2`` with multi-formation) and their
+    medoids, saved to ``barycenters.pt`` (rank 0).
 
     Returns:
-        The saved dict: ``support [K, ipc, D]`` and ``weights [K, ipc]`` float32,
-        ``medoids [K, ipc]`` int64 (the ``dataset`` sample index assigned to each
+        The saved dict: ``support [K, k, D]`` and ``weights [K, k]`` float32,
+        ``medoids [K, k]`` int64 (the ``dataset`` sample index assigned to each
         support point by :func:`recover.medoids.medoid_assignment`), ``objective``
         and ``seconds [K]`` float64 (W2^2 and solver time per class), ``solver``, ``key``.
     """
     path = out / "barycenters.pt"
+    points = args.ipc * support_per_image
     key = {**cache_key(teacher, dataset), "ipc": args.ipc, "solver": args.barycenter_solver,
            "weighted": args.weight_wb, "seed": args.seed}
+    if support_per_image > 1:
+        key["support_per_image"] = support_per_image
     if path.exists():
         saved = torch_load(path, "barycenters")
         if saved.get("key") == key and "medoids" in saved:
@@ -75,7 +81,7 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
         start = time.perf_counter()
         members = torch.nonzero(labels == c).flatten()
         class_features = features[members].double().numpy()
-        bary = class_barycenter(class_features, args.ipc, solver=args.barycenter_solver,
+        bary = class_barycenter(class_features, points, solver=args.barycenter_solver,
                                 weighted=args.weight_wb, seed=derive_seed(args.seed, "barycenter", c) % 2**32)
         seconds.append(time.perf_counter() - start)
         medoids.append(members[torch.from_numpy(medoid_assignment(class_features, bary.support))])
@@ -88,7 +94,7 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
              "seconds": torch.tensor(seconds, dtype=torch.float64),
              "solver": "kmeans" if args.weight_wb else args.barycenter_solver}
     atomic_torch_save(saved, path)
-    log.info("barycenters (%s, k=%d): mean W2^2 %.4f, %.2f s/class", saved["solver"], args.ipc,
+    log.info("barycenters (%s, k=%d): mean W2^2 %.4f, %.2f s/class", saved["solver"], points,
              sum(objectives) / len(objectives), sum(seconds) / len(seconds))
     return saved
 
@@ -101,8 +107,8 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
     Raises:
         UserError: teacher and ``--dataset``/``--input-size`` disagree, the class
             folders differ from the teacher's, the experts file is missing, corrupt
-            or from another dataset, or a class has fewer than IPC (x
-            ``real_per_image``) images where real images or barycenters need them.
+            or from another dataset, or a class has fewer than IPC x ``real_per_image``
+            images (multi-formation tiles) where real images or barycenters need them.
     """
     teacher = None
     if args.teacher:
@@ -127,7 +133,7 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
     if needs & {"real_init", "barycenters"}:
         counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(dataset.classes))
         small = int(counts.argmin())
-        wanted = args.ipc * (real_per_image if "real_init" in needs else 1)
+        wanted = args.ipc * real_per_image
         if counts[small] < wanted:
             what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if wanted != args.ipc else "")
             raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than {what} "
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         save_resolved_config(args, out / "config.yaml")
     if "barycenters" in needs:
         if ctx.is_main:
-            res.barycenters = compute_barycenters(args, teacher, res.dataset, ctx, out)
+            res.barycenters = compute_barycenters(args, teacher, res.dataset, ctx, out, cls.real_per_image(args))
         ctx.barrier()
         res.barycenters = res.barycenters or torch_load(out / "barycenters.pt", "barycenters")
     if "real_init" in needs:

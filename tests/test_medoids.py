@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.data import image_folder, split_dir
+from common.data import image_folder, load_image, split_dir
 from common.errors import UserError
+from common.multiformation import encode
 from common.transforms import eval_transform
 from models.teacher import load_teacher
 from recover.barycenter import exact_barycenter
@@ -127,7 +128,41 @@ def test_init_medoid_starts_wmdd_from_the_medoid_images(medoid_run, tiny_teacher
     assert not pd.read_csv(real / "sources.csv").equals(pd.read_csv(out / "sources.csv"))
 
 
+def test_medoids_with_factor_2_tile_the_medoids_of_four_support_points_per_image(tiny_teacher, cifar_root,
+                                                                                   tmp_path):
+    """``--factor 2``: IPC x 4 support points per class, one medoid per tile; WMDD from that
+    start sees the decoded images (its support has 4 rows per stored image)."""
+    out = tmp_path / "medoids-f2"
+    _recover(tiny_teacher, cifar_root, out, "--method", "medoids", "--factor", "2")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["factor"], manifest["decoded_images"], manifest["num_images"]) == (2, 80, 20)
+    bary = torch.load(out / "barycenters.pt", weights_only=True)
+    assert bary["support"].shape[:2] == (10, 8) and bary["medoids"].shape == (10, 8)
+    cache = torch.load(out / "features.pt", weights_only=True)
+    for k in range(10):
+        members = np.flatnonzero(cache["labels"].numpy() == k)
+        idx = medoid_assignment(cache["features"][members].double().numpy(), bary["support"][k].double().numpy())
+        assert bary["medoids"][k].tolist() == members[idx].tolist()
+    sources = pd.read_csv(out / "sources.csv")
+    assert len(sources) == 80 and sources["source_path"].is_unique
+    spec = load_teacher(tiny_teacher).spec
+    to_float = eval_transform(spec, 32)
+    real = torch.stack([to_float(load_image(str(cifar_root / "train" / p))) for p in sources["source_path"]])
+    stored = torch.stack([to_float(load_image(str(out / "images" / p))) for p in sources["image_path"][::4]])
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert ((stored - encode(real, 2)) * std).abs().max() <= 0.5 / 255 + 1e-5
+    wmdd = tmp_path / "wmdd-f2"
+    _recover(tiny_teacher, cifar_root, wmdd, "--method", "wmdd", "--factor", "2", "--init", "medoid",
+             "--iterations", "1", "--lr", "1e-6")
+    assert json.loads((wmdd / "manifest.json").read_text())["factor"] == 2
+    assert (wmdd / "sources.csv").read_bytes() == (out / "sources.csv").read_bytes()
+    for name in sources["image_path"][::4]:  # tile averages can sit on a rounding boundary: 1 level
+        moved = np.asarray(Image.open(wmdd / "images" / name), dtype=np.int16)
+        assert np.abs(moved - np.asarray(Image.open(out / "images" / name), dtype=np.int16)).max() <= 1, name
+
+
 @pytest.mark.parametrize("flags,expect", [
+    (["--method", "wmdd", "--factor", "2", "--weight-wb"], "--weight-wb gives one weight per decoded image"),
     (["--method", "dm", "--init", "medoid"], "--init medoid does not apply to --method dm (it accepts noise, real)"),
     (["--method", "random-real", "--init", "noise"], "--init noise does not apply to --method random-real"),
     (["--method", "medoids", "--init", "real"], "--init real does not apply to --method medoids (it accepts medoid)"),

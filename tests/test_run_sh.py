@@ -97,6 +97,29 @@ def test_dm_under_the_dsa_protocol_needs_no_teacher(cifar_root, tmp_path):
     assert "student convnet_in: top-1" in proc.stdout
 
 
+def test_a_multi_formation_set_is_decoded_for_fkd_and_trained_tiled_under_dance(debug_run, cifar_root):
+    """random-real --factor 2: fkd relabels and trains the 4 x IPC decoded images; --protocol
+    dance trains the stored set, decoded in memory with the recorded factor."""
+    out, _ = debug_run
+    plain = [a for a in DEBUG if a not in ("-n", "-w", "-p")]
+    run_sh("run.sh", *plain, "--method", "random-real", "--recover-args", "--factor 2", "-r", cifar_root.parent,
+           "-x", "rrf2", "--out", out)
+    exp = out / "cifar10" / "rrf2"
+    decoded = json.loads((exp / "decoded" / "manifest.json").read_text())
+    assert (decoded["stage"], decoded["source_factor"], decoded["num_images"]) == ("decode", 2, 80)
+    relabel = json.loads((exp / "relabel" / "manifest.json").read_text())
+    assert relabel["args"]["images"] == str(exp / "decoded" / "images")
+    assert json.loads((exp / "train" / "manifest.json").read_text())["args"]["images"] == str(exp / "decoded" / "images")
+    rows = pd.read_csv(out / "results.csv").set_index("experiment")
+    assert rows.loc["rrf2", "variant"] == "random-real: factor 2" and rows.loc["rrf2", "num_images"] == 80
+    run_sh("run.sh", *plain, "--method", "random-real", "--recover-args", "--factor 2", "--protocol", "dance",
+           "-r", cifar_root.parent, "-x", "rrf2-dance", "--out", out)
+    exp = out / "cifar10" / "rrf2-dance"
+    train = json.loads((exp / "train" / "manifest.json").read_text())
+    assert (train["args"]["protocol"], train["args"]["factor"]) == ("dance", 2)
+    assert not (exp / "decoded").exists() and not (exp / "relabel").exists()
+
+
 def test_run_sh_wmdd_defaults_equal_python_defaults(debug_run, cifar_root):
     """Without -n/-w, run.sh --method wmdd resolves to python -m recover --method wmdd: both terms on."""
     out, _ = debug_run
@@ -121,7 +144,7 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
     (["--method", "mtt", "-r", "/tmp"],
      "--method mtt: unknown method (registered: dance ddm dm medoids random-real sre2l wmdd)"),
-    (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd or dsa"),
+    (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd, dsa or dance"),
 ])
 def test_bad_flags_print_the_error_and_a_hint_last(args, message):
     proc = run_sh("run.sh", *args, check=False)

@@ -31,19 +31,23 @@ def _manifest(stage_dir: Path | None) -> dict:
 
 
 def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce: float | None,
-            init: str | None = None) -> str:
+            init: str | None = None, factor: int | None = None) -> str:
     """Readable method variant, e.g. ``"wmdd: WB, per-class BN"``, ``"wmdd: WB, per-class BN,
-    medoid init"``, ``"random-real"`` or ``"dm"`` (``init`` is named when it is not noise)."""
+    medoid init, factor 2"``, ``"random-real"``, ``"random-real: factor 2"`` or ``"dm"``
+    (``init`` is named when it is not noise, the multi-formation ``factor`` when above 1,
+    so that a set at another pixel layout is never pooled with, or paired as, the plain one)."""
     if method is None:
         return "pseudo-label"
-    if method not in ("wmdd", "sre2l"):
-        return method
-    parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
-    if r_ce:
-        parts.append("CE")
-    if init not in (None, "noise"):
-        parts.append(f"{init} init")
-    return f"{method}: {', '.join(parts)}"
+    parts = []
+    if method in ("wmdd", "sre2l"):
+        parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
+        if r_ce:
+            parts.append("CE")
+        if init not in (None, "noise"):
+            parts.append(f"{init} init")
+    if factor and factor > 1:
+        parts.append(f"factor {factor}")
+    return f"{method}: {', '.join(parts)}" if parts else method
 
 
 def dir_bytes(path: Path) -> int:
@@ -68,7 +72,7 @@ def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, t
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "experiment": experiment, "dataset": (train.get("dataset") or {}).get("name"),
         "variant": variant(rargs.get("method"), rargs.get("wb"), rargs.get("per_class_bn"), rargs.get("r_ce"),
-                           rargs.get("init")),
+                           rargs.get("init"), recover.get("factor")),
         "method": rargs.get("method"), "ipc": recover.get("ipc"), "seed": rargs.get("seed"),
         "teacher_model": teacher.get("model"), "student_model": results["model"],
         "teacher_top1": (teacher.get("val") or {}).get("top1"), "top1": results["top1"], "top5": results["top5"],

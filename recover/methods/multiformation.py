@@ -1,5 +1,6 @@
-"""``--factor``: multi-formation storage for the methods that offer it (DANCE and the
-random-real baseline at the same pixel budget).
+"""``--factor``: multi-formation storage for the methods that offer it (DANCE, the
+random-real baseline at the same pixel budget, and the barycenter methods WMDD,
+SRe2L and medoids, :class:`recover.methods.wmdd.BarycenterMethod`).
 
 A method that subclasses :class:`MultiFormation` stores each image as a
 ``factor x factor`` grid of tiles (:mod:`common.multiformation`), starts each
@@ -22,8 +23,8 @@ from recover.methods.registry import RecoverMethod
 
 
 def factor(args: argparse.Namespace) -> int:
-    """``--factor``, 1 when unset (random-real leaves it unset, so that the arguments
-    recorded by its runs from before the option existed still match)."""
+    """``--factor``, 1 when unset (only DANCE sets it by default, so that the arguments
+    recorded by other methods' runs from before the option existed still match)."""
     return args.factor or 1
 
 
@@ -34,7 +35,7 @@ class MultiFormation(RecoverMethod):
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--factor", type=COUNT, help="multi-formation factor: factor x factor tiles per "
                                                       "stored image, each from its own real image (1: off) "
-                                                      "[dance 2, random-real 1]")
+                                                      "[dance 2, the others 1]")
 
     @classmethod
     def real_per_image(cls, args: argparse.Namespace) -> int:

@@ -12,8 +12,10 @@ from torchvision.transforms import v2
 
 from common.bounds import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT
 from common.errors import UserError
+from common.multiformation import decode
 from recover.losses import RecoverObjective
-from recover.methods.registry import Objective, RecoverMethod, Resources, register_method
+from recover.methods.multiformation import MultiFormation, factor
+from recover.methods.registry import Objective, Resources, register_method
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,12 @@ def default_jitter(input_size: int) -> int:
     return round(input_size * 32 / 224)
 
 
-class BarycenterMethod(RecoverMethod):
+class BarycenterMethod(MultiFormation):
     """Base of the methods that use the class barycenters of the teacher's features
-    (``wmdd``, ``sre2l``, ``medoids``): their solver options and ``--init medoid``."""
+    (``wmdd``, ``sre2l``, ``medoids``): their solver options, ``--init medoid`` and
+    multi-formation (``--factor F``, unset = 1): each class then has ``IPC * F**2``
+    barycenter support points, one per decoded image, and the teacher sees the
+    decoded images (:mod:`common.multiformation`)."""
 
     defaults = {"barycenter_solver": "exact", "weight_wb": False, "feature_batch_size": 256}
     requires_teacher = True
@@ -70,6 +75,17 @@ class BarycenterMethod(RecoverMethod):
         group.add_argument("--weight-wb", action="store_true", default=None,
                            help="free barycenter weights (k-means masses) [off]")
         group.add_argument("--feature-batch-size", type=COUNT, help="batch of the teacher feature pass [256]")
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        """Raises:
+            UserError: ``--weight-wb`` with ``--factor`` above 1 (the barycenter weights
+                are per decoded image, the sample weights per stored image).
+        """
+        super().check(args)
+        if args.weight_wb and factor(args) > 1:
+            raise UserError(f"--weight-wb gives one weight per decoded image, but --factor {args.factor} stores "
+                            f"{args.factor ** 2} of them in each image; drop one of the two")
 
 
 @register_method
@@ -144,7 +160,7 @@ class WMDD(BarycenterMethod):
             target = self.support[classes].reshape(-1, self.support.shape[-1]).to(device)
 
         def objective(x: torch.Tensor, iteration: int):
-            view = augment(x, self.view)
+            view = augment(decode(x, factor(args)), self.view)
             if args.channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
             return self.objective(view, labels, target, amp=args.amp)
@@ -152,7 +168,7 @@ class WMDD(BarycenterMethod):
         return objective
 
     def manifest_fields(self) -> dict:
-        return {"jitter": self.view.jitter}
+        return {**super().manifest_fields(), "jitter": self.view.jitter}
 
     def close(self) -> None:
         self.objective.__exit__(None, None, None)
