@@ -23,20 +23,22 @@ WMDD flags:
   -u GPUS    GPU index or comma list (several = torchrun --nproc_per_node N)
   -c IPC     images per class                                                [10]
   -p         pretrain the teacher first (otherwise it must exist)
-  -n         per-class BatchNorm statistics (on by default for wmdd; turns it on for sre2l)
-  -w         Wasserstein-barycenter feature matching (on by default for wmdd; turns it on for sre2l)
+  -n         per-class BatchNorm statistics (on by default for wmdd/wmdd-paper; turns it on for sre2l)
+  -w         Wasserstein-barycenter feature matching (on by default for wmdd/wmdd-paper; on for sre2l)
              (wmdd without them: --recover-args "--no-wb --no-per-class-bn", as python -m recover)
   -b R_BN    BatchNorm term weight (lambda)                                  [configs/<dataset>.yaml]
   -a LR      recover learning rate                                           [configs/<dataset>.yaml]
   -t R_CE    cross-entropy term weight                                        [method default]
   -i ITERS   recover iterations                                              [configs/<dataset>.yaml]
   -z EPOCHS  relabel and train epochs                                        [configs/<dataset>.yaml]
-  -g         debug: tiny settings (20 train / 10 val images per class, at most 10 classes, few iterations
-             and epochs; a smoke test of a few minutes on CPU)
+  -g         debug: tiny settings (20 train / 10 val images per class, recover: max(20, 4 x IPC) train
+             images per class; at most 10 classes, few iterations and epochs; a smoke test of a few
+             minutes on CPU)
 Long options:
   --method NAME                     recover method (python -m recover --help lists them:
-                                    wmdd sre2l random-real dm ddm ...) [wmdd]; the same defaults as
-                                    python -m recover --method NAME
+                                    wmdd wmdd-paper sre2l random-real dm ddm ...) [wmdd]; the same
+                                    defaults as python -m recover --method NAME (wmdd: medoid start,
+                                    multi-formation factor 2; wmdd-paper: WMDD as published)
   --protocol fkd|dsa|dance          evaluation: fkd = teacher soft labels (relabel + train) [fkd];
                                     dsa = the DM family's hard labels + DSA (train --protocol dsa, no
                                     relabel; no teacher needed for methods without one); dance = dsa
@@ -53,8 +55,9 @@ Long options:
   --batch-size N                    relabel/train batch size (default: min(100, distilled images))
   --pretrain-args "..."             extra flags for python -m pretrain (likewise --recover-args,
                                     --relabel-args, --train-args), e.g. --train-args "--val-every 50"
-  --demo                            digits demo: WMDD and random-real at IPC 10, then the fair-score
-                                    table (WMDD's top-1 minus random real's, same soft labels)
+  --demo                            digits demo: WMDD, random real and random real at WMDD's pixel
+                                    budget (recover --factor 2) at IPC 10, then the fair-score tables
+                                    (top-1 minus each random baseline's, same soft labels)
   -h, --help                        this message
 Outputs: runs/<dataset>/<ID>/train/results.json and one row per run in <out>/results.csv.
 A finished stage (manifest present, same arguments) is skipped, so a killed run.sh resumes.
@@ -225,7 +228,8 @@ run_experiment() {
   [[ -n "$RCE" ]] && rec+=(--r-ce "$RCE")
   [[ -n "$ITERS" ]] && rec+=(--iterations "$ITERS")
   [[ "$DEBUG" == 1 && -z "$ITERS" ]] && rec+=(--iterations 20)
-  [[ "$DEBUG" == 1 ]] && rec+=(--train-per-class 20)
+  # (at least 4 x IPC real images per class: wmdd's 2x2 tiles start from that many medoids)
+  [[ "$DEBUG" == 1 ]] && rec+=(--train-per-class $(( IPC * 4 > 20 ? IPC * 4 : 20 )))
   [[ "$wb" == 1 ]] && rec+=(--wb)
   [[ "$pcbn" == 1 ]] && rec+=(--per-class-bn)
   stage recover "${rec[@]}"
@@ -283,9 +287,15 @@ if [[ "$DEMO" == 1 ]]; then
   run_experiment demo-wmdd wmdd 1 1
   PRETRAIN=0
   run_experiment demo-random-real random-real 0 0
+  EXTRA[recover]="${EXTRA[recover]} --factor 2"  # random real at WMDD's pixel budget (4 tiles per image)
+  run_experiment demo-random-real-f2 random-real 0 0
   echo
-  "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" --baseline demo-random-real \
-    demo-wmdd demo-random-real || echo "warning: no fair-score table (see the error above); the runs are complete" >&2
+  for baseline in demo-random-real demo-random-real-f2; do
+    "$PYTHON" -m tools.summarize_run table --results-csv "$OUT/results.csv" --baseline "$baseline" \
+      demo-wmdd demo-random-real demo-random-real-f2 ||
+      echo "warning: no fair-score table (see the error above); the runs are complete" >&2
+    echo
+  done
   echo "synthetic images: $OUT/$DATASET/demo-wmdd/recover/grid.png"
 else
   run_experiment "$EXP" "$METHOD" "$PCBN" "$WB"

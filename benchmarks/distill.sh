@@ -1,35 +1,36 @@
 #!/usr/bin/env bash
-# The distillation table: random-real, SRe2L, WMDD with global BN and WMDD with per-class BN
-# (and any other registered method: dm, ddm, medoids), with identical relabel/train budgets, for each
-# IPC and seed, through run.sh; random-real is always run (added to -m when missing), so the script
-# ends with the mean +- std table, plots (tools/plot_results) and the fair-score table
-# (tools/fair_scores: each method's improvement over random real, paired by seed). Finished runs are
-# skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA protocol. A method
-# NAME-fF (e.g. random-real-f2, medoids-f2, wmdd-f2) is NAME with recover --factor F (multi-formation;
-# run.sh decodes the tiles for the FKD protocol).
+# The distillation table: random real (also at WMDD's pixel budget: random-real-f2), SRe2L, WMDD as
+# published with global BN (wmdd-global) and per-class BN (wmdd-paper), the toolkit's WMDD (wmdd:
+# medoid start, factor 2) and any other registered method (dm, ddm, medoids), with identical
+# relabel/train budgets, for each IPC and seed, through run.sh; random-real is always run (added to
+# -m when missing), so the script ends with the mean +- std table, plots (tools/plot_results) and the
+# fair-score table (tools/fair_scores: each method's improvement over random real, paired by seed).
+# Finished runs are skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA
+# protocol. A method NAME-fF (e.g. random-real-f2, medoids-f2) is NAME with recover --factor F
+# (multi-formation; run.sh decodes the tiles for the FKD protocol).
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
-#          [-m "random-real sre2l wmdd-global wmdd"] [-a "extra recover flags"] [-x "extra run.sh flags"]
-#          [-P fkd|dsa|dance]
+#          [-m "random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"]
+#          [-a "extra recover flags"] [-x "extra run.sh flags"] [-P fkd|dsa|dance]
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=convnet; IPCS="10 50"; SEEDS="0 1 2"
-ITERS=500; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real sre2l wmdd-global wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
+ITERS=500; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
 while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
   case "$opt" in
     d) DATASET="$OPTARG" ;; t) TEACHER="$OPTARG" ;; r) ROOT="$OPTARG" ;; o) OUT="$OPTARG" ;;
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -46,10 +47,10 @@ for ipc in $IPCS; do
         base="${BASH_REMATCH[1]}"; rargs="$RARGS --factor ${BASH_REMATCH[2]}"
       fi
       case "$base" in
-        wmdd-global) flags=(--method wmdd); rargs="$rargs --no-per-class-bn" ;;
+        wmdd-global) flags=(--method wmdd-paper); rargs="$rargs --no-per-class-bn" ;;
         *) flags=(--method "$base") ;;
       esac
-      [[ -n "$RBN" && "$base" =~ ^(wmdd|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
+      [[ -n "$RBN" && "$base" =~ ^(wmdd|wmdd-paper|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
       echo "=== $DATASET IPC $ipc seed $seed $method"
       "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" -i "$ITERS" \
         -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed$SUFFIX" --device cpu \

@@ -4,9 +4,10 @@
 # for each seed; finished stages are skipped on re-run, so a killed table resumes.
 #
 # Usage: benchmarks/dm_family.sh -r DATA_ROOT/cifar10 [-d cifar10] [-o OUT] [-c IPC] [-s "0 1 2"]
-#          [-i ITERATIONS] [-b BATCH_REAL] [-e DSA_EPOCHS] [-t TEACHER_DIR -z FKD_EPOCHS] [-x EXPERTS_DIR] [-R]
-#          [-m "random-real dm ddm ddm-style ddm-icd ddm-mm-pre dance random-real-f2"]
+#          [-i ITERATIONS] [-b BATCH_REAL] [-e DSA_EPOCHS] [-t TEACHER_DIR -z FKD_EPOCHS] [-x EXPERTS_DIR]
+#          [-m "random-real dm ddm ddm-style ddm-icd ddm-mm-pre dance random-real-f2"] [-R | -F]
 #   -R   recover only (synthesise the sets, train nothing)
+#   -F   soft labels only: with -t, skip the DSA hard-label training (its table was run before)
 # Variants: dm = --method dm; ddm = --method ddm (defaults: style both, post-norm, ICD 10);
 #   ddm-style = ddm without ICD; ddm-icd = ddm without style; ddm-mm-pre = moments matching alone on
 #   pre-norm maps with --mm-weight 0.01; dance = --method dance --experts EXPERTS_DIR (multi-formation
@@ -18,17 +19,18 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATA=""; DATASET=cifar10; OUT="$REPO/.cache/dm-family"; IPC=10; SEEDS="0 1 2"; ITERS=60; BREAL=32
-EPOCHS=100; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0; EXPERTS=""
+EPOCHS=100; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0; FKD_ONLY=0; EXPERTS=""
 VARIANTS="random-real dm ddm ddm-style ddm-icd ddm-mm-pre"
-while getopts ":r:d:o:c:s:i:b:e:t:z:m:x:R" opt; do
+while getopts ":r:d:o:c:s:i:b:e:t:z:m:x:RF" opt; do
   case "$opt" in
     r) DATA="$OPTARG" ;; d) DATASET="$OPTARG" ;; o) OUT="$OPTARG" ;; c) IPC="$OPTARG" ;; s) SEEDS="$OPTARG" ;;
     i) ITERS="$OPTARG" ;; b) BREAL="$OPTARG" ;; e) EPOCHS="$OPTARG" ;; t) TEACHER="$OPTARG" ;;
-    z) FKD_EPOCHS="$OPTARG" ;; m) VARIANTS="$OPTARG" ;; x) EXPERTS="$OPTARG" ;; R) RECOVER_ONLY=1 ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    z) FKD_EPOCHS="$OPTARG" ;; m) VARIANTS="$OPTARG" ;; x) EXPERTS="$OPTARG" ;; R) RECOVER_ONLY=1 ;; F) FKD_ONLY=1 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
-[[ -d "$DATA/train" ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ -d "$DATA/train" ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[[ "$FKD_ONLY" == 0 || -n "$TEACHER" ]] || { echo "-F (soft labels only) needs -t TEACHER_DIR" >&2; exit 2; }
 cd "$REPO"
 for seed in $SEEDS; do
   for variant in $VARIANTS; do
@@ -51,7 +53,7 @@ for seed in $SEEDS; do
     "$PYTHON" -m recover --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp/recover" --ipc "$IPC" \
       --seed "$seed" --device cpu --log-every 50 "${flags[@]}"
     [[ "$RECOVER_ONLY" == 1 ]] && continue
-    "$PYTHON" -m train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
+    [[ "$FKD_ONLY" == 0 ]] && "$PYTHON" -m train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
       --output-dir "$exp/train-dsa" --epochs "$EPOCHS" --seed "$seed" --device cpu --val-every "$EPOCHS" \
       --factor "$factor"
     if [[ -n "$TEACHER" ]]; then

@@ -138,7 +138,7 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
             what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if wanted != args.ipc else "")
             raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than {what} "
                             f"(needed by {'real images' if 'real_init' in needs else 'the barycenter'}); "
-                            "lower --ipc")
+                            + ("lower --ipc or --factor" if wanted != args.ipc else "lower --ipc"))
     return teacher, Resources(args=args, spec=spec, input_size=size, classes=list(dataset.classes),
                               dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 

@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage_parser("recover", DESCRIPTION, workers_help="DataLoader workers for the feature pass / real images")
     p.epilog = "methods: " + "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
     p.add_argument("--method", default="wmdd", choices=method_names(), help="synthesis method")
-    p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt); required by wmdd and sre2l, "
-                                     "optional for the others (then only its classes and input size are used)")
+    p.add_argument("--teacher", help="pretrain output directory (or its teacher.pt); required by wmdd, wmdd-paper, "
+                                     "sre2l and medoids, optional for the others (then only its classes and "
+                                     "input size are used)")
     p.add_argument("--data-path", help="real dataset root (train/ is used for features and real images)")
     p.add_argument("--dataset", help=f"dataset spec when there is no --teacher ({', '.join(dataset_names())})")
     p.add_argument("--input-size", type=COUNT, help="image side in pixels when there is no --teacher "
@@ -33,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, default=100,
                    help="images per optimisation batch (batch-size // ipc classes per batch)")
     p.add_argument("--iterations", "--iteration", dest="iterations", type=COUNT,
-                   help="optimiser steps per class batch [wmdd, sre2l 2000; dm, ddm 20000; dance 10000]")
-    p.add_argument("--lr", type=POSITIVE, help="learning rate on the pixels [wmdd, sre2l 0.25 (Adam); "
-                                            "dm, ddm 1.0 (SGD); dance 0.01 x IPC (SGD, [0, 1] pixel units)]")
+                   help="optimiser steps per class batch [wmdd 200; wmdd-paper, sre2l 2000; dm, ddm 20000; "
+                        "dance 10000]")
+    p.add_argument("--lr", type=POSITIVE, help="learning rate on the pixels [wmdd 0.05, wmdd-paper, sre2l 0.25 "
+                                            "(Adam); dm, ddm 1.0 (SGD); dance 0.01 x IPC (SGD, [0, 1] pixel "
+                                            "units)]")
     p.add_argument("--init", choices=list(INITS),
                    help="N(0,1) noise in normalised space, seeded real images of the class, or the real "
                         "images nearest one-to-one to the class's feature barycenter (medoid; wmdd, sre2l) "
-                        "[wmdd, sre2l noise; dm, ddm, dance, random-real real; medoids medoid]")
+                        "[wmdd medoid; wmdd-paper, sre2l noise; dm, ddm, dance, random-real real; medoids medoid]")
     p.add_argument("--train-per-class", type=COUNT, help="use a seeded choice of N real images per class")
     p.add_argument("--log-every", type=COUNT, default=50, help="iterations between loss records")
     add_method_arguments(p)

@@ -18,6 +18,7 @@ from tools.plot_results import improvements
 from tools.summarize_run import variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
+RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_distill_sh_adds_random_real_and_prints_the_fair_scores(bench):
     assert sorted(rows["experiment"]) == ["random-real-ipc2-s0", "random-real-ipc2-s1", "wmdd-ipc2-s0",
                                           "wmdd-ipc2-s1"]
     table = stdout[stdout.index("fair scores (vs random real"):]
-    line = next(x for x in table.splitlines() if f"| {WMDD} |" in x)
+    line = next(x for x in table.splitlines() if f"| {RECIPE} |" in x)
     d = _diffs(out)
     assert line.endswith(f"| {d.mean():+.2f} +- {d.std(ddof=1):.2f} |"), line
     base = next(x for x in table.splitlines() if "| random-real |" in x)
@@ -65,7 +66,7 @@ def test_summarize_table_prints_the_difference_to_the_baseline(bench):
     lines = proc.stdout.splitlines()
     assert lines[0].endswith("  vs random-real-ipc2-s0")
     diff = _top1(out, "wmdd-ipc2-s0") - _top1(out, "random-real-ipc2-s0")
-    assert re.search(rf"wmdd-ipc2-s0 +{re.escape(WMDD)} +2 .*%  {re.escape(f'{diff:+.2f}')}$", lines[1]), lines[1]
+    assert re.search(rf"wmdd-ipc2-s0 +{re.escape(RECIPE)} +2 .*%  {re.escape(f'{diff:+.2f}')}$", lines[1]), lines[1]
     assert lines[2].endswith("  n/a: seed 1 vs 0")  # another seed is not a fair comparison
     assert lines[3].startswith("random-real-ipc2-s0") and lines[3].endswith("  (baseline)")
     missing = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
@@ -103,11 +104,11 @@ def test_fair_table_on_results_json_of_real_runs(bench, tmp_path):
 def test_results_csv_pairs_match_results_json_and_the_plot_annotations(bench, tmp_path):
     out, _ = bench
     pairs = paired_differences(from_results_csv(out / "results.csv")).sort_values("seed")
-    assert pairs["variant"].tolist() == [WMDD, WMDD]
+    assert pairs["variant"].tolist() == [RECIPE, RECIPE]
     assert pairs["difference"].round(6).tolist() == _diffs(out).round(6).tolist()
     gains = improvements(pd.read_csv(out / "results.csv")).set_index("variant")
-    assert list(gains.index) == [WMDD] and gains.loc[WMDD, "count"] == 2
-    assert abs(gains.loc[WMDD, "mean"] - _diffs(out).mean()) < 1e-9
+    assert list(gains.index) == [RECIPE] and gains.loc[RECIPE, "count"] == 2
+    assert abs(gains.loc[RECIPE, "mean"] - _diffs(out).mean()) < 1e-9
     proc = run_module("tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
     assert "methods_cifar10_ipc2.png" in proc.stdout
     assert (tmp_path / "plots" / "methods_cifar10_ipc2.png").stat().st_size > 5000
@@ -123,6 +124,7 @@ def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
 @pytest.mark.parametrize("method,init,expect", [
     ("wmdd", None, WMDD), ("wmdd", "noise", WMDD), ("wmdd", "medoid", f"{WMDD}, medoid init"),
     ("sre2l", "real", "sre2l: WB, per-class BN, real init"), ("random-real", "real", "random-real"),
+    ("wmdd-paper", "noise", "wmdd-paper: WB, per-class BN"),
 ])
 def test_variant_names_a_non_default_init(method, init, expect):
     """Rows of ``--init medoid`` runs must not be pooled with noise-initialised ones."""

@@ -114,7 +114,7 @@ def test_medoids_method_copies_the_assigned_real_images(medoid_run, tiny_teacher
 def test_init_medoid_starts_wmdd_from_the_medoid_images(medoid_run, tiny_teacher, cifar_root, tmp_path):
     """One WMDD step at lr 1e-6 moves no pixel by half an 8-bit level: the saved images are the start."""
     out = tmp_path / "wmdd-medoid"
-    _recover(tiny_teacher, cifar_root, out, "--method", "wmdd", "--init", "medoid", "--iterations", "1",
+    _recover(tiny_teacher, cifar_root, out, "--method", "wmdd-paper", "--init", "medoid", "--iterations", "1",
              "--lr", "1e-6")
     assert (out / "sources.csv").read_bytes() == (medoid_run / "sources.csv").read_bytes()
     classes = load_teacher(tiny_teacher).classes
@@ -124,14 +124,15 @@ def test_init_medoid_starts_wmdd_from_the_medoid_images(medoid_run, tiny_teacher
             assert np.array_equal(np.asarray(Image.open(out / "images" / name)),
                                   np.asarray(Image.open(medoid_run / "images" / name))), name
     real = tmp_path / "wmdd-real"
-    _recover(tiny_teacher, cifar_root, real, "--method", "wmdd", "--init", "real", "--iterations", "1", "--lr", "1e-6")
+    _recover(tiny_teacher, cifar_root, real, "--method", "wmdd-paper", "--init", "real", "--iterations", "1",
+             "--lr", "1e-6")
     assert not pd.read_csv(real / "sources.csv").equals(pd.read_csv(out / "sources.csv"))
 
 
 def test_medoids_with_factor_2_tile_the_medoids_of_four_support_points_per_image(tiny_teacher, cifar_root,
                                                                                    tmp_path):
     """``--factor 2``: IPC x 4 support points per class, one medoid per tile; WMDD from that
-    start sees the decoded images (its support has 4 rows per stored image)."""
+    start (its defaults) sees the decoded images (its support has 4 rows per stored image)."""
     out = tmp_path / "medoids-f2"
     _recover(tiny_teacher, cifar_root, out, "--method", "medoids", "--factor", "2")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -152,8 +153,7 @@ def test_medoids_with_factor_2_tile_the_medoids_of_four_support_points_per_image
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     assert ((stored - encode(real, 2)) * std).abs().max() <= 0.5 / 255 + 1e-5
     wmdd = tmp_path / "wmdd-f2"
-    _recover(tiny_teacher, cifar_root, wmdd, "--method", "wmdd", "--factor", "2", "--init", "medoid",
-             "--iterations", "1", "--lr", "1e-6")
+    _recover(tiny_teacher, cifar_root, wmdd, "--method", "wmdd", "--iterations", "1", "--lr", "1e-6")  # its defaults
     assert json.loads((wmdd / "manifest.json").read_text())["factor"] == 2
     assert (wmdd / "sources.csv").read_bytes() == (out / "sources.csv").read_bytes()
     for name in sources["image_path"][::4]:  # tile averages can sit on a rounding boundary: 1 level
@@ -163,6 +163,7 @@ def test_medoids_with_factor_2_tile_the_medoids_of_four_support_points_per_image
 
 @pytest.mark.parametrize("flags,expect", [
     (["--method", "wmdd", "--factor", "2", "--weight-wb"], "--weight-wb gives one weight per decoded image"),
+    (["--method", "wmdd", "--weight-wb"], "defaults to --factor 2); add --factor 1 or drop --weight-wb"),
     (["--method", "dm", "--init", "medoid"], "--init medoid does not apply to --method dm (it accepts noise, real)"),
     (["--method", "random-real", "--init", "noise"], "--init noise does not apply to --method random-real"),
     (["--method", "medoids", "--init", "real"], "--init real does not apply to --method medoids (it accepts medoid)"),

@@ -31,8 +31,8 @@ def _recover(teacher, root, out, *extra, check=True, env=None):
 @pytest.fixture(scope="module")
 def wmdd_run(tiny_teacher, cifar_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("recover") / "wmdd"
-    _recover(tiny_teacher, cifar_root, out, "--ipc", "2", "--batch-size", "20", "--iterations", "60",
-             "--r-bn", "0.01", "--log-every", "20")
+    _recover(tiny_teacher, cifar_root, out, "--method", "wmdd-paper", "--ipc", "2", "--batch-size", "20",
+             "--iterations", "60", "--r-bn", "0.01", "--log-every", "20")
     return out
 
 
@@ -80,7 +80,8 @@ def test_feature_cache_is_reused_and_recomputed_when_stale(wmdd_run, tiny_teache
     for p in ("manifest.json", "barycenters.pt", ".run_args.json"):
         (out / p).unlink()
     shutil.rmtree(out / "progress")
-    proc = _recover(tiny_teacher, cifar_root, out, "--ipc", "2", "--batch-size", "20", "--iterations", "2")
+    proc = _recover(tiny_teacher, cifar_root, out, "--method", "wmdd-paper", "--ipc", "2", "--batch-size", "20",
+                    "--iterations", "2")
     assert "using cached class features" in proc.stderr
     cache = torch.load(out / "features.pt", weights_only=True)
     cache["key"]["teacher_sha256"] = "0" * 64
@@ -88,7 +89,8 @@ def test_feature_cache_is_reused_and_recomputed_when_stale(wmdd_run, tiny_teache
     (out / "manifest.json").unlink()
     (out / "barycenters.pt").unlink()
     shutil.rmtree(out / "progress")
-    proc = _recover(tiny_teacher, cifar_root, out, "--ipc", "2", "--batch-size", "20", "--iterations", "2")
+    proc = _recover(tiny_teacher, cifar_root, out, "--method", "wmdd-paper", "--ipc", "2", "--batch-size", "20",
+                    "--iterations", "2")
     assert "is stale (teacher_sha256 changed); recomputing" in proc.stderr
 
 

@@ -41,7 +41,12 @@ def test_debug_run_produces_every_stage_and_a_results_row(debug_run):
     assert (exp / "recover" / "grid.png").is_file()
     rows = pd.read_csv(out / "results.csv")
     assert len(rows) == 1 and rows["experiment"][0] == "dbg"
-    assert rows["variant"][0] == "wmdd: WB, per-class BN" and rows["ipc"][0] == 2
+    assert rows["variant"][0] == "wmdd: WB, per-class BN, medoid init, factor 2" and rows["ipc"][0] == 2
+    assert rows["num_images"][0] == 80  # wmdd's default multi-formation: 4 decoded images per stored one
+    decoded = json.loads((exp / "decoded" / "manifest.json").read_text())
+    assert (decoded["stage"], decoded["source_factor"], decoded["num_images"]) == ("decode", 2, 80)
+    for stage in ("relabel", "train"):  # the FKD stages read the decoded images
+        assert json.loads((exp / stage / "manifest.json").read_text())["args"]["images"] == str(exp / "decoded" / "images")
     assert 0 <= rows["top1"][0] <= 100 and 0 <= rows["teacher_top1"][0] <= 100
     assert "student convnet: top-1" in proc.stdout and "wall time: pretrain" in proc.stdout
 
@@ -51,7 +56,8 @@ def test_rerun_skips_finished_stages(debug_run, cifar_root):
     before = (out / "cifar10" / "dbg" / "train" / "results.json").stat().st_mtime_ns
     times = pd.read_csv(out / "results.csv")[[f"{s}_s" for s in STAGES]]
     proc = run_sh("run.sh", *DEBUG, "-r", cifar_root.parent, "-x", "dbg", "--out", out)
-    assert proc.stderr.count("already finished with these arguments") == 4
+    # pretrain, recover, decode (wmdd's factor 2), relabel, train
+    assert proc.stderr.count("already finished with these arguments") == 5
     assert (out / "cifar10" / "dbg" / "train" / "results.json").stat().st_mtime_ns == before
     rows = pd.read_csv(out / "results.csv")
     assert len(rows) == 1  # the row is replaced, not repeated
@@ -61,8 +67,9 @@ def test_rerun_skips_finished_stages(debug_run, cifar_root):
 def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
     out, _ = debug_run
     exp = out / "cifar10" / "killed"
+    # the published WMDD (factor 1): the resume under test is run.sh's, and 4 x fewer images keep it short
     args = [str(REPO / "run.sh"), *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", str(cifar_root.parent),
-            "-x", "killed", "--out", str(out)]
+            "-x", "killed", "--out", str(out), "--method", "wmdd-paper"]
     proc = subprocess.Popen(args, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -74,7 +81,7 @@ def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
     assert (exp / "recover").is_dir() and not (exp / "recover" / "manifest.json").exists()
     (exp / "recover" / ".wall_seconds").write_text("1000\n")  # as if the killed part had run 1000 s
     run_sh("run.sh", *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", cifar_root.parent,
-           "-x", "killed", "--out", out, "--batch-size", "5")
+           "-x", "killed", "--out", out, "--batch-size", "5", "--method", "wmdd-paper")
     for stage in ("recover", "relabel", "train"):
         assert (exp / stage / "manifest.json").is_file()
     assert json.loads((exp / "relabel" / "soft_labels" / "meta.json").read_text())["batch_size"] == 5
@@ -97,21 +104,11 @@ def test_dm_under_the_dsa_protocol_needs_no_teacher(cifar_root, tmp_path):
     assert "student convnet_in: top-1" in proc.stdout
 
 
-def test_a_multi_formation_set_is_decoded_for_fkd_and_trained_tiled_under_dance(debug_run, cifar_root):
-    """random-real --factor 2: fkd relabels and trains the 4 x IPC decoded images; --protocol
-    dance trains the stored set, decoded in memory with the recorded factor."""
+def test_a_multi_formation_set_is_trained_tiled_under_dance(debug_run, cifar_root):
+    """random-real --factor 2 under --protocol dance: the stored set is trained, decoded in
+    memory with the recorded factor (the debug run above checks the FKD decode)."""
     out, _ = debug_run
     plain = [a for a in DEBUG if a not in ("-n", "-w", "-p")]
-    run_sh("run.sh", *plain, "--method", "random-real", "--recover-args", "--factor 2", "-r", cifar_root.parent,
-           "-x", "rrf2", "--out", out)
-    exp = out / "cifar10" / "rrf2"
-    decoded = json.loads((exp / "decoded" / "manifest.json").read_text())
-    assert (decoded["stage"], decoded["source_factor"], decoded["num_images"]) == ("decode", 2, 80)
-    relabel = json.loads((exp / "relabel" / "manifest.json").read_text())
-    assert relabel["args"]["images"] == str(exp / "decoded" / "images")
-    assert json.loads((exp / "train" / "manifest.json").read_text())["args"]["images"] == str(exp / "decoded" / "images")
-    rows = pd.read_csv(out / "results.csv").set_index("experiment")
-    assert rows.loc["rrf2", "variant"] == "random-real: factor 2" and rows.loc["rrf2", "num_images"] == 80
     run_sh("run.sh", *plain, "--method", "random-real", "--recover-args", "--factor 2", "--protocol", "dance",
            "-r", cifar_root.parent, "-x", "rrf2-dance", "--out", out)
     exp = out / "cifar10" / "rrf2-dance"
@@ -121,12 +118,20 @@ def test_a_multi_formation_set_is_decoded_for_fkd_and_trained_tiled_under_dance(
 
 
 def test_run_sh_wmdd_defaults_equal_python_defaults(debug_run, cifar_root):
-    """Without -n/-w, run.sh --method wmdd resolves to python -m recover --method wmdd: both terms on."""
+    """Without -n/-w, run.sh --method wmdd resolves to python -m recover --method wmdd (both terms
+    on, medoid start, factor 2, the CIFAR-10 preset's lr), and --method wmdd-paper to the published
+    recipe."""
     out, _ = debug_run
-    run_sh("run.sh", *[a for a in DEBUG if a not in ("-n", "-w", "-p")], "-i", "2", "-r", cifar_root.parent,
-           "-x", "plain", "--out", out)
+    plain = [a for a in DEBUG if a not in ("-n", "-w", "-p")]
+    run_sh("run.sh", *plain, "-i", "2", "-r", cifar_root.parent, "-x", "plain", "--out", out)
     args = json.loads((out / "cifar10" / "plain" / "recover" / "manifest.json").read_text())["args"]
     assert (args["wb"], args["per_class_bn"], args["r_ce"]) == (True, True, 0.0)
+    assert (args["init"], args["factor"], args["lr"]) == ("medoid", 2, 0.05)
+    run_sh("run.sh", *plain, "-i", "2", "-r", cifar_root.parent, "-x", "paper", "--out", out, "--method", "wmdd-paper",
+           "--protocol", "dsa")
+    args = json.loads((out / "cifar10" / "paper" / "recover" / "manifest.json").read_text())["args"]
+    assert (args["wb"], args["per_class_bn"], args["init"], args["factor"], args["lr"]) == (True, True, "noise", None,
+                                                                                             0.25)
 
 
 def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
@@ -143,7 +148,7 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
     (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
     (["--method", "mtt", "-r", "/tmp"],
-     "--method mtt: unknown method (registered: dance ddm dm medoids random-real sre2l wmdd)"),
+     "--method mtt: unknown method (registered: dance ddm dm medoids random-real sre2l wmdd wmdd-paper)"),
     (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd, dsa or dance"),
 ])
 def test_bad_flags_print_the_error_and_a_hint_last(args, message):
@@ -200,3 +205,20 @@ def test_results_table_mean_std_and_single_runs():
     assert "| random-real | 38.25 (1 run) |  |" in lines
     # sample standard deviation of (30, 34) = sqrt(8) = 2.83
     assert "| wmdd | 32.00 +- 2.83 (2) | 41.50 (1 run) |" in lines
+
+
+def test_demo_runs_wmdd_beside_both_random_baselines_and_prints_the_fair_scores(tmp_path):
+    """``./run.sh --demo`` (``make demo``) end to end at a smoke-test budget: WMDD (factor 2),
+    random real and random real at WMDD's pixel budget on digits, then one fair-score table
+    per baseline (``make demo``'s full budget and numbers: benchmarks/RESULTS.md)."""
+    proc = run_sh("run.sh", "--demo", "--out", tmp_path, "--teacher-epochs", "1", "-i", "2", "-z", "1",
+                  "--device", "cpu")
+    rows = pd.read_csv(tmp_path / "results.csv").set_index("experiment")
+    assert sorted(rows.index) == ["demo-random-real", "demo-random-real-f2", "demo-wmdd"]
+    assert rows["num_images"].to_dict() == {"demo-wmdd": 400, "demo-random-real": 100, "demo-random-real-f2": 400}
+    for baseline in ("demo-random-real", "demo-random-real-f2"):
+        table = proc.stdout[proc.stdout.index(f"  vs {baseline}\n"):]
+        wmdd = next(x for x in table.splitlines() if x.startswith("demo-wmdd "))
+        diff = rows.loc["demo-wmdd", "top1"] - rows.loc[baseline, "top1"]
+        assert wmdd.endswith(f"%  {diff:+.2f}"), wmdd
+    assert (tmp_path / "digits" / "demo-wmdd" / "recover" / "grid.png").is_file()

@@ -39,7 +39,7 @@ def variant(method: str | None, wb: bool | None, per_class_bn: bool | None, r_ce
     if method is None:
         return "pseudo-label"
     parts = []
-    if method in ("wmdd", "sre2l"):
+    if method in ("wmdd", "wmdd-paper", "sre2l"):
         parts = ["WB" if wb else "no WB", "per-class BN" if per_class_bn else "global BN"]
         if r_ce:
             parts.append("CE")
@@ -184,11 +184,12 @@ def comparison_table(csv: Path, experiments: list[str], baseline: str | None = N
                             + ("; run it first (the --baseline)" if name == baseline else ""))
         rows[name] = found.iloc[-1]
     width = max(22, *map(len, names))
-    head = f"{'experiment':<{width}} {'variant':<28} {'IPC':>4} {'teacher top-1':>14} {'student top-1':>14}"
+    vwidth = max(28, *(len(str(rows[n]["variant"])) for n in names))
+    head = f"{'experiment':<{width}} {'variant':<{vwidth}} {'IPC':>4} {'teacher top-1':>14} {'student top-1':>14}"
     lines = [head + (f"  vs {baseline}" if baseline else "")]
     for name in names:
         r = rows[name]
-        line = (f"{name:<{width}} {r['variant']:<28} {int(r['ipc']):>4} {r['teacher_top1']:>13.2f}% "
+        line = (f"{name:<{width}} {r['variant']:<{vwidth}} {int(r['ipc']):>4} {r['teacher_top1']:>13.2f}% "
                 f"{r['top1']:>13.2f}%")
         if baseline:
             line += "  " + ("(baseline)" if name == baseline else fair_difference(r, rows[baseline]))

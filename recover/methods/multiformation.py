@@ -23,19 +23,20 @@ from recover.methods.registry import RecoverMethod
 
 
 def factor(args: argparse.Namespace) -> int:
-    """``--factor``, 1 when unset (only DANCE sets it by default, so that the arguments
-    recorded by other methods' runs from before the option existed still match)."""
+    """``--factor``, 1 when unset (DANCE and WMDD set it by default; the others leave it
+    unset, so that the arguments recorded by their runs from before the option existed
+    still match)."""
     return args.factor or 1
 
 
 class MultiFormation(RecoverMethod):
-    """Mixin of ``--factor`` (DANCE's ``defaults`` set 2; unset means 1)."""
+    """Mixin of ``--factor`` (DANCE's and WMDD's ``defaults`` set 2; unset means 1)."""
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--factor", type=COUNT, help="multi-formation factor: factor x factor tiles per "
                                                       "stored image, each from its own real image (1: off) "
-                                                      "[dance 2, the others 1]")
+                                                      "[dance, wmdd 2; the others 1]")
 
     @classmethod
     def real_per_image(cls, args: argparse.Namespace) -> int:
