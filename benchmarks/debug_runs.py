@@ -3,9 +3,11 @@
 Datasets: digits (scikit-learn), CIFAR-10 and Imagenette (real, from the shared
 archives; Imagenette at 224 px stands for ImageNet-1k's input size and model) and a
 200-class 64 px tree laid out as Tiny-ImageNet, built from real CIFAR-10 images
-upsampled to 64 px (20 train / 10 val per class; Tiny-ImageNet itself is not on
-this machine). ``-g`` uses 20 train / 10 val images of at most 10 classes, so the
-class count of the full dataset only costs the listing.
+upsampled to 64 px (Tiny-ImageNet itself is not on this machine). Every tree holds
+40 train / 10 val images per class: ``-g`` pretrains on 20 train / 10 val images of
+at most 10 classes and recovers from 4 x IPC = 40 (``--method wmdd``'s 2x2 tiles
+start from that many medoids), so the class count of the full dataset only costs
+the listing.
 
     python -m benchmarks.debug_runs [--datasets digits cifar10 tiny-imagenet imagenette] [--out DIR]
 
@@ -31,7 +33,7 @@ from common.prepare import build_digits
 DATASETS = ("digits", "cifar10", "tiny-imagenet", "imagenette")
 
 
-def tiny_like(dest: Path, classes: int = 200, train: int = 20, val: int = 10, side: int = 64) -> Path:
+def tiny_like(dest: Path, classes: int = 200, train: int = 40, val: int = 10, side: int = 64) -> Path:
     """A ``classes``-class ImageFolder tree of ``side`` px images (``train``/``val`` per class)
     cut from real CIFAR-10 images upsampled bilinearly, built once under ``dest``."""
     if (dest / "val").is_dir():
@@ -52,7 +54,7 @@ def tiny_like(dest: Path, classes: int = 200, train: int = 20, val: int = 10, si
 
 def data_root(name: str) -> Path:
     """``ROOT`` such that ``ROOT/<name>`` is the dataset tree (built or extracted once)."""
-    root = CACHE / "debug-data"
+    root = CACHE / "debug-data-40"  # 40 train images per class (trees of 20 were too few for -g since wmdd's factor 2)
     target = root / name
     if not target.exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def data_root(name: str) -> Path:
         elif name == "tiny-imagenet":
             tiny_like(target)
         else:
-            os.symlink(cached_dataset(name, train_per_class=20, val_per_class=10), target)
+            os.symlink(cached_dataset(name, train_per_class=40, val_per_class=10), target)
     return root
 
 
