@@ -135,10 +135,11 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
         small = int(counts.argmin())
         wanted = args.ipc * real_per_image
         if counts[small] < wanted:
-            what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if wanted != args.ipc else "")
+            tiles = wanted != args.ipc
+            what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if tiles else "")
             raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than {what} "
                             f"(needed by {'real images' if 'real_init' in needs else 'the barycenter'}); "
-                            + ("lower --ipc or --factor" if wanted != args.ipc else "lower --ipc"))
+                            f"lower --ipc{' or --factor' if tiles else ''}")
     return teacher, Resources(args=args, spec=spec, input_size=size, classes=list(dataset.classes),
                               dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 
