@@ -7,7 +7,8 @@
 # fair-score table (tools/fair_scores: each method's improvement over random real, paired by seed).
 # Finished runs are skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA
 # protocol. A method NAME-fF (e.g. random-real-f2, medoids-f2) is NAME with recover --factor F
-# (multi-formation; run.sh decodes the tiles for the FKD protocol).
+# (multi-formation; run.sh decodes the tiles for the FKD protocol). Without -i each method runs its own
+# recover iterations (configs/<dataset>.yaml, else python -m recover --help); -i gives all the same budget.
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
@@ -18,19 +19,19 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=convnet; IPCS="10 50"; SEEDS="0 1 2"
-ITERS=500; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
+ITERS=""; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
 while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
   case "$opt" in
     d) DATASET="$OPTARG" ;; t) TEACHER="$OPTARG" ;; r) ROOT="$OPTARG" ;; o) OUT="$OPTARG" ;;
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -39,6 +40,8 @@ TMODEL=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['mode
 mkdir -p "$OUT/teachers/${DATASET}_${TMODEL}"
 ln -sfn "$TEACHER" "$OUT/teachers/${DATASET}_${TMODEL}/bench"
 read -r -a extra <<<"$EXTRA"
+iters=()
+[[ -n "$ITERS" ]] && iters=(-i "$ITERS")
 for ipc in $IPCS; do
   for seed in $SEEDS; do
     for method in $METHODS; do
@@ -52,7 +55,7 @@ for ipc in $IPCS; do
       esac
       [[ -n "$RBN" && "$base" =~ ^(wmdd|wmdd-paper|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
       echo "=== $DATASET IPC $ipc seed $seed $method"
-      "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" -i "$ITERS" \
+      "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" "${iters[@]+"${iters[@]}"}" \
         -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed$SUFFIX" --device cpu \
         --protocol "$PROTOCOL" --train-args "--val-every $VAL_EVERY" --recover-args "$rargs" "${flags[@]}" \
         "${extra[@]+"${extra[@]}"}"
