@@ -115,3 +115,16 @@ def test_stored_224px_images_reach_the_dsa_student_uncropped():
     assert torch.equal(distilled_transform(spec, 224)(image), whole)
     assert not torch.allclose(eval_transform(spec, 224)(image), whole, atol=0.1)
     assert distilled_transform(spec, 112)(image).shape == (3, 112, 112)
+
+
+def test_dsa_student_trains_at_the_size_recover_recorded(cifar_root, tmp_path):
+    """Images recovered at 16 px are trained at 16 px without --input-size (not at the
+    dataset's 32 px); --input-size still wins."""
+    rec = tmp_path / "recover"
+    run_module("recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", rec,
+               "--method", "random-real", "--ipc", "1", "--input-size", "16", "--workers", "0")
+    assert json.loads((rec / "manifest.json").read_text())["input_size"] == 16
+    for extra, size in (((), 16), (("--input-size", "32"), 32)):
+        out = tmp_path / f"train{size}"
+        _train(rec / "images", cifar_root, out, "--epochs", "1", "--val-every", "1", "--val-per-class", "2", *extra)
+        assert json.loads((out / "results.json").read_text())["input_size"] == size

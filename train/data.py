@@ -17,7 +17,8 @@ from common.datasets import DatasetSpec
 from common.multiformation import decode
 from common.transforms import distilled_transform
 from common.errors import UserError
-from common.io import sha256_files
+from common.io import read_json, sha256_files
+from common.manifest import MANIFEST
 
 log = logging.getLogger("wmdd.train")
 
@@ -58,6 +59,22 @@ def load_image_set(images_dir: str | Path) -> ImageSet:
     ds = image_folder(root)
     return ImageSet(root, [str(Path(p).relative_to(root)) for p, _ in ds.samples],
                     torch.tensor(ds.targets, dtype=torch.int64), ds.classes)
+
+
+def recorded_input_size(images_dir: str | Path) -> int | None:
+    """The side in pixels at which the recover run that wrote ``images_dir`` made its
+    images (``"input_size"`` of its ``manifest.json`` next to the folder: the teacher's
+    input size, e.g. 32 for Imagenette distilled with a 32 px teacher); ``None`` when
+    there is no such manifest or it records none (images from elsewhere).
+
+    Raises:
+        UserError: the manifest is unreadable (:func:`common.io.read_json`).
+    """
+    manifest = Path(images_dir).parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    size = read_json(manifest, "recover manifest").get("input_size")
+    return int(size) if size else None
 
 
 def load_decoded(paths: list[Path], spec: DatasetSpec, size: int, factor: int) -> torch.Tensor:

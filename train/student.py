@@ -32,7 +32,8 @@ from common.views import (MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, 
                           planned_loader)
 from models import model_names
 from models.teacher import Teacher, load_teacher, teacher_sha256
-from train.data import ImageSet, load_decoded, load_image_set, load_sample_weights, relabelled
+from train.data import (ImageSet, load_decoded, load_image_set, load_sample_weights, recorded_input_size,
+                        relabelled)
 from train.losses import kd_loss, mixed_cross_entropy
 from train.pseudo_labels import parse_pseudo_label_csv, summarize
 
@@ -243,7 +244,8 @@ class StudentRun:
     def _setup_dsa(self) -> None:
         """``--protocol dsa``/``dance``: the distilled images in memory, decoded when
         ``--factor`` > 1 (:func:`common.multiformation.decode`: normalised
-        ``[N * factor**2, 3, S, S]`` float32), with each stored image's folder label and
+        ``[N * factor**2, 3, S, S]`` float32; S = ``--input-size``, else the size the
+        recover run recorded, else the dataset's), with each stored image's folder label and
         weight repeated for its decoded images."""
         args = self.args
         given = [k for k in ("min_scale_crops", "max_scale_crops", "mix_type", "mix_alpha")
@@ -254,7 +256,7 @@ class StudentRun:
         self.images = load_image_set(args.images)
         self.classes = self.images.classes
         self.spec = self._spec_from_args()
-        self.input_size = args.input_size or self.spec.image_size
+        self.input_size = args.input_size or recorded_input_size(args.images) or self.spec.image_size
         _check_factor(self.images.root, args.factor)
         tiles = args.factor ** 2
         self.pixels = load_decoded(self.images.paths, self.spec, self.input_size, args.factor)
