@@ -98,3 +98,22 @@ def test_icd_neighbourhood_and_bad_k():
     assert [icd_neighbours(n) for n in (1, 2, 5, 10, 50)] == [0, 1, 1, 2, 10]
     with pytest.raises(ValueError, match="1 <= k < n"):
         icd_loss(torch.randn(3, 8), 3)
+
+
+def test_moments_and_gram_gradients_equal_the_direct_formulas(real):
+    """The fused moments (E[x^2] - E[x]^2) and the batched Gram give the pixel
+    gradients of the textbook formulas, computed in float64."""
+    images, net = real
+    maps, _ = block_outputs(net, images[:4], "pre_norm")
+    for m in maps:
+        m = m.detach().requires_grad_(True)
+        mean, std = class_moments(m)
+        (mean.square().sum() + std.sum() + class_gram(m).square().sum()).backward()
+        x = m.detach().double().requires_grad_(True)
+        n, c, h, w = x.shape
+        mu = x.mean(dim=(2, 3))
+        sd = ((x - mu[..., None, None]) ** 2).mean(dim=(2, 3)).add(1e-5).sqrt()
+        flat = x.reshape(n, c, h * w)
+        gram = torch.stack([f @ f.T for f in flat]).mean(0) / (c * h * w)
+        (mu.mean(0).square().sum() + sd.mean(0).sum() + gram.square().sum()).backward()
+        torch.testing.assert_close(m.grad.double(), x.grad, rtol=1e-3, atol=1e-7)
