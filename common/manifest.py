@@ -136,6 +136,19 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
     return manifest
 
 
+def recover_record(images_dir: str | Path) -> dict:
+    """The ``manifest.json`` of the recover run that wrote ``images_dir`` (the file
+    next to the folder), read without verifying its outputs; ``{}`` when there is
+    none (images made elsewhere). Source of a distilled set's recorded
+    properties (multi-formation ``"factor"``, ``"input_size"`` in pixels).
+
+    Raises:
+        UserError: the manifest is unreadable (:func:`common.io.read_json`).
+    """
+    manifest = Path(images_dir).parent / MANIFEST
+    return read_json(manifest, "recover manifest") if manifest.is_file() else {}
+
+
 RUN_ARGS = ".run_args.json"
 
 

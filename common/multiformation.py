@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.io import read_json
-from common.manifest import MANIFEST
+from common.manifest import MANIFEST, recover_record
 
 
 def tile_side(side: int, factor: int) -> int:
@@ -112,12 +111,9 @@ def recorded_factor(images_dir: str | Path) -> int:
     (``"factor"``); 1 when there is no such manifest or it records none.
 
     Raises:
-        UserError: the manifest is unreadable (:func:`common.io.read_json`).
+        UserError: the manifest is unreadable (:func:`common.manifest.recover_record`).
     """
-    manifest = Path(images_dir).parent / MANIFEST
-    if not manifest.is_file():
-        return 1
-    return int(read_json(manifest, "recover manifest").get("factor", 1))
+    return int(recover_record(images_dir).get("factor", 1))
 
 
 def refuse_tiled(images_dir: str | Path, stage: str) -> None:

@@ -17,8 +17,8 @@ from common.datasets import DatasetSpec
 from common.multiformation import decode
 from common.transforms import distilled_transform
 from common.errors import UserError
-from common.io import read_json, sha256_files
-from common.manifest import MANIFEST
+from common.io import sha256_files
+from common.manifest import recover_record
 
 log = logging.getLogger("wmdd.train")
 
@@ -68,12 +68,9 @@ def recorded_input_size(images_dir: str | Path) -> int | None:
     there is no such manifest or it records none (images from elsewhere).
 
     Raises:
-        UserError: the manifest is unreadable (:func:`common.io.read_json`).
+        UserError: the manifest is unreadable (:func:`common.manifest.recover_record`).
     """
-    manifest = Path(images_dir).parent / MANIFEST
-    if not manifest.is_file():
-        return None
-    size = read_json(manifest, "recover manifest").get("input_size")
+    size = recover_record(images_dir).get("input_size")
     return int(size) if size else None
 
 
