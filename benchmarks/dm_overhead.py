@@ -12,6 +12,12 @@ augmentation, no re-initialisation): real forward without grad, synthetic
 forward, the DM loss and its backward. Rounds alternate so that machine load
 affects both alike. Target ratio: <= 1.2.
 
+Beside the times it prints the floating-point operations of one iteration of
+each (``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix
+products, forward and backward) and their ratio: the share of the time ratio
+that is arithmetic the method asks for (DDM's channel Gram matrices) rather
+than overhead around the embedding pass.
+
     python -m benchmarks.dm_overhead [--methods dm [ddm] [dance]] [--experts DIR] [--ipc 10] [--classes 10]
         [--batch-real 256] [--iterations 3] [--rounds 3] [--data-path DIR]
 
@@ -27,9 +33,11 @@ in alternating rounds of the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
 from common.data import image_folder, split_dir
@@ -67,6 +75,15 @@ def _built(name: str, args, data: str, dataset, spec, pool: RealPool):
     return method, method.batch_objective(classes, 0), config, method.initial_images(real), rargs
 
 
+def flops(run) -> int:
+    """Floating-point operations (convolutions and matrix products, forward and
+    backward; 2 per multiply-add) of one call of ``run()``, counted by
+    ``torch.utils.flop_counter.FlopCounterMode``."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=["dm"], choices=["dm", "ddm", "dance"],
@@ -92,26 +109,28 @@ def main() -> None:
     real = torch.cat([pool.sample(c, args.batch_real) for c in classes])
     sizes = [min(args.batch_real, pool.size(c)) for c in classes]
 
-    def method_round(name: str) -> float:
+    def method_round(name: str, iterations: int | None = None) -> float:
         _, objective, config, x, _ = built[name]
+        if iterations:
+            config = dataclasses.replace(config, iterations=iterations)
         start = time.perf_counter()
         synthesize(objective, x, low, high, config)
-        return (time.perf_counter() - start) / args.iterations
+        return (time.perf_counter() - start) / config.iterations
 
     first = built[args.methods[0]][0]
     x = built[args.methods[0]][3]
 
-    def bare_round() -> float:
+    def bare_round(iterations: int | None = None) -> float:
         start = time.perf_counter()
-        for _ in range(args.iterations):
+        for _ in range(iterations or args.iterations):
             syn = x.clone().requires_grad_(True)
             with torch.no_grad():
                 real_emb = first.embed(real).split(sizes)
             syn_emb = first.embed(syn).split(args.ipc)
             sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb)).backward()
-        return (time.perf_counter() - start) / args.iterations
+        return (time.perf_counter() - start) / (iterations or args.iterations)
 
-    timed = {name: (lambda name=name: method_round(name)) for name in args.methods}
+    timed = {name: (lambda iterations=None, name=name: method_round(name, iterations)) for name in args.methods}
     if args.methods[0] in ("dm", "ddm"):
         timed["bare embedding pass"] = bare_round
     for run in timed.values():  # warm-up
@@ -121,16 +140,19 @@ def main() -> None:
         for name, run in timed.items():
             times[name].append(run())
     best = {name: min(t) for name, t in times.items()}
+    work = {name: flops(lambda run=run: run(1)) for name, run in timed.items()}
     print(f"{args.classes} classes x (IPC {args.ipc} stored + {args.batch_real} real) images of 32 px, "
           f"{', '.join(f'{name} on {b[4].net or b[0].experts.name}' for name, b in built.items())}, cpu, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
     for name, seconds in best.items():
-        print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms")
-    if "bare embedding pass" in best:
-        for name in (m for m in args.methods if m in ("dm", "ddm")):
-            print(f"ratio {name} / bare:{best[name] / best['bare embedding pass']:20.3f}  (target <= 1.2)")
-    for name in args.methods[1:]:
-        print(f"ratio {name} / {args.methods[0]}:{best[name] / best[args.methods[0]]:20.3f}")
+        print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms"
+              f"{work[name] / 1e9:10.1f} GFLOP")
+    pairs = [(name, "bare embedding pass") for name in args.methods if name in ("dm", "ddm") and
+             "bare embedding pass" in best] + [(name, args.methods[0]) for name in args.methods[1:]]
+    for name, reference in pairs:
+        label = f"ratio {name} / {'bare' if reference == 'bare embedding pass' else reference}:"
+        target = "  (target <= 1.2)" if reference == "bare embedding pass" else ""
+        print(f"{label:30s}{best[name] / best[reference]:9.3f} time{work[name] / work[reference]:10.3f} FLOP{target}")
 
 
 if __name__ == "__main__":
