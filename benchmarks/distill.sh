@@ -9,6 +9,8 @@
 # protocol. A method NAME-fF (e.g. random-real-f2, medoids-f2) is NAME with recover --factor F
 # (multi-formation; run.sh decodes the tiles for the FKD protocol). Without -i each method runs its own
 # recover iterations (configs/<dataset>.yaml, else python -m recover --help); -i gives all the same budget.
+# -a passes recover flags to every method except the random-real baselines, whose images depend only on
+# IPC, seed and factor (recover refuses other methods' options, e.g. --r-bn or --init medoid, for them).
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
@@ -26,12 +28,12 @@ while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -45,10 +47,12 @@ iters=()
 for ipc in $IPCS; do
   for seed in $SEEDS; do
     for method in $METHODS; do
-      base="$method" rargs="$RARGS"
+      base="$method" factor=""
       if [[ "$method" =~ ^(.+)-f([0-9]+)$ ]]; then  # NAME-fF: NAME with multi-formation factor F
-        base="${BASH_REMATCH[1]}"; rargs="$RARGS --factor ${BASH_REMATCH[2]}"
+        base="${BASH_REMATCH[1]}"; factor="--factor ${BASH_REMATCH[2]}"
       fi
+      rargs="$RARGS $factor"
+      [[ "$base" == random-real ]] && rargs="$factor"  # -a is for the distillation methods (see usage)
       case "$base" in
         wmdd-global) flags=(--method wmdd-paper); rargs="$rargs --no-per-class-bn" ;;
         *) flags=(--method "$base") ;;
