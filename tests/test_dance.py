@@ -143,6 +143,7 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
                env=ONE_THREAD)
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "dance" and 0 <= results["top1"] <= 100
+    assert (results["num_images"], results["training_images"]) == (10, 40)  # 10 stored, decoded into 4 each
     assert json.loads((out / "manifest.json").read_text())["args"]["factor"] == 2
     proc = run_module("train", "--protocol", "dsa", "--factor", "1", "--images", rec / "images", "--dataset",
                       "cifar10", "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0",

@@ -41,8 +41,8 @@ def test_protocol_settings_are_the_dm_evaluation_unless_given(dsa_run):
         ("convnet_in", "sgd", 0.01, 0.9, 5e-4, "half")
     assert (args["epochs"], args["batch_size"]) == (4, 16)  # given on the command line: they win
     results = json.loads((dsa_run / "results.json").read_text())
-    assert (results["mode"], results["protocol"], results["num_images"], results["val_images"]) == \
-        ("dsa", "dsa", 30, 100)
+    assert (results["mode"], results["protocol"], results["num_images"], results["training_images"],
+            results["val_images"]) == ("dsa", "dsa", 30, 30, 100)
     lines = [json.loads(x) for x in (dsa_run / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2, 3] and [x["lr"] for x in lines] == [0.01, 0.01, 0.001, 0.001]
     assert all(x["images"] == 30 for x in lines) and "val_top1" in lines[-1]

@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ctx = setup(args.device)
     run = StudentRun(args, ctx)
-    log.info("%s training of %s on %d images (%d classes, %d px), %d epochs, batch %d, %s (x%d)", run.mode,
-             args.model, run.num_images(), len(run.classes), run.input_size, args.epochs, args.batch_size,
-             ctx.device, ctx.world_size)
+    decoded = (f" decoded from {run.num_images()} stored (factor {args.factor})"
+               if run.training_images() != run.num_images() else "")
+    log.info("%s training of %s on %d images%s (%d classes, %d px), %d epochs, batch %d, %s (x%d)", run.mode,
+             args.model, run.training_images(), decoded, len(run.classes), run.input_size, args.epochs,
+             args.batch_size, ctx.device, ctx.world_size)
     torch.manual_seed(args.seed)
     model = create_model(args.model, num_classes=len(run.classes), dataset=run.spec, input_size=run.input_size,
                          **parse_model_kwargs(args.model, args.model_kwargs)).to(ctx.device)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         results = {"top1": val["top1"], "top5": val["top5"], "epochs": args.epochs, "model": args.model,
                    "images": str(Path(args.images or args.train_dir).resolve()), "num_images": run.num_images(),
-                   "input_size": run.input_size, "mode": run.mode, "protocol": args.protocol,
+                   "training_images": run.training_images(), "input_size": run.input_size, "mode": run.mode, "protocol": args.protocol,
                    "val_images": val["count"]}
         atomic_write_json(out / "results.json", results)
         inputs = {}

@@ -311,7 +311,13 @@ class StudentRun:
             self.real = with_transform(folder, transform)
 
     def num_images(self) -> int:
+        """Stored images (the real train split's under ``--real``)."""
         return len(self.real) if self.mode == "real" else len(self.images.files)
+
+    def training_images(self) -> int:
+        """Images one epoch trains on: under ``--protocol dsa``/``dance`` the decoded
+        images (``num_images() * factor**2``), otherwise :meth:`num_images`."""
+        return len(self.pixels) if self.mode == "dsa" else self.num_images()
 
     def epochs(self, start: int):
         """``(epoch, batches)`` for epochs ``start .. --epochs - 1``."""
