@@ -9,31 +9,34 @@
 # protocol. A method NAME-fF (e.g. random-real-f2, medoids-f2) is NAME with recover --factor F
 # (multi-formation; run.sh decodes the tiles for the FKD protocol). Without -i each method runs its own
 # recover iterations (configs/<dataset>.yaml, else python -m recover --help); -i gives all the same budget.
-# -a passes recover flags to every method except the random-real baselines, whose images depend only on
-# IPC, seed and factor (recover refuses other methods' options, e.g. --r-bn or --init medoid, for them).
+# -a passes recover flags to every method, the random-real baselines included (options that change which
+# real images are drawn, e.g. --train-per-class, must reach them too); -A passes flags to every method but
+# the random-real baselines (another method's options, e.g. --r-bn or --init medoid, which recover refuses
+# for random-real).
 #
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
 #          [-m "random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"]
-#          [-a "extra recover flags"] [-x "extra run.sh flags"] [-P fkd|dsa|dance]
+#          [-a "recover flags, every method"] [-A "recover flags, not random-real"]
+#          [-x "extra run.sh flags"] [-P fkd|dsa|dance]
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=convnet; IPCS="10 50"; SEEDS="0 1 2"
-ITERS=""; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; PROTOCOL=fkd
-while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:x:P:" opt; do
+ITERS=""; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; MARGS=""; PROTOCOL=fkd
+while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:A:x:P:" opt; do
   case "$opt" in
     d) DATASET="$OPTARG" ;; t) TEACHER="$OPTARG" ;; r) ROOT="$OPTARG" ;; o) OUT="$OPTARG" ;;
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
-    a) RARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    a) RARGS="$OPTARG" ;; A) MARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
+    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -52,7 +55,7 @@ for ipc in $IPCS; do
         base="${BASH_REMATCH[1]}"; factor="--factor ${BASH_REMATCH[2]}"
       fi
       rargs="$RARGS $factor"
-      [[ "$base" == random-real ]] && rargs="$factor"  # -a is for the distillation methods (see usage)
+      [[ "$base" == random-real ]] || rargs="$rargs $MARGS"
       case "$base" in
         wmdd-global) flags=(--method wmdd-paper); rargs="$rargs --no-per-class-bn" ;;
         *) flags=(--method "$base") ;;

@@ -18,12 +18,12 @@ from tools.plot_results import improvements
 from tools.summarize_run import variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
-RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults
+RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults (the variant name leaves out r_bn)
 
 
 @pytest.fixture(scope="module")
 def bench(cifar_root, tmp_path_factory):
-    """A 1-epoch ConvNet teacher, then distill.sh with ``-m wmdd -a "--r-bn 0.02"`` at IPC 2 for
+    """A 1-epoch ConvNet teacher, then distill.sh with ``-m wmdd -A "--r-bn 0.02"`` at IPC 2 for
     seeds 0 and 1 (random real is added by the script): four real run.sh runs. No ``-i``: each
     method keeps its own recover budget (run.sh -g's 5 iterations)."""
     tmp = tmp_path_factory.mktemp("fair")
@@ -33,7 +33,7 @@ def bench(cifar_root, tmp_path_factory):
     out = tmp / "bench"
     proc = subprocess.run([str(REPO / "benchmarks" / "distill.sh"), "-d", "cifar10", "-t", str(teacher),
                            "-r", str(cifar_root.parent), "-o", str(out), "-c", "2", "-s", "0 1", "-z", "1",
-                           "-m", "wmdd", "-a", "--r-bn 0.02", "-x", "-g"], cwd="/", capture_output=True, text=True,
+                           "-m", "wmdd", "-A", "--r-bn 0.02", "-x", "-g"], cwd="/", capture_output=True, text=True,
                           timeout=1800,
                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -67,9 +67,9 @@ def test_distill_sh_without_i_leaves_the_recover_budget_to_the_method(bench):
     assert manifest["args"]["iterations"] == 5  # run.sh -g's budget, not a value forced by distill.sh
 
 
-def test_distill_sh_passes_a_to_the_method_and_not_to_random_real(bench):
-    """``-a`` holds a WMDD-only option, which recover refuses for random-real: it reaches wmdd's
-    manifest, and the random-real runs (which would have failed) finished."""
+def test_distill_sh_passes_method_only_flags_to_the_method_and_not_to_random_real(bench):
+    """``-A`` holds a WMDD-only option, which recover refuses for random-real: it reaches wmdd's
+    manifest, and the random-real runs (which would have failed with ``-a``) finished."""
     out, _ = bench
     manifest = json.loads((out / "cifar10" / "wmdd-ipc2-s0" / "recover" / "manifest.json").read_text())
     assert manifest["args"]["r_bn"] == 0.02

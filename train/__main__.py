@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         results = {"top1": val["top1"], "top5": val["top5"], "epochs": args.epochs, "model": args.model,
                    "images": str(Path(args.images or args.train_dir).resolve()), "num_images": run.num_images(),
-                   "training_images": run.training_images(), "input_size": run.input_size, "mode": run.mode, "protocol": args.protocol,
-                   "val_images": val["count"]}
+                   "training_images": run.training_images(), "input_size": run.input_size, "mode": run.mode,
+                   "protocol": args.protocol, "val_images": val["count"]}
         atomic_write_json(out / "results.json", results)
         inputs = {}
         if run.soft is not None:
