@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, run_module
 from tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
 from tools.plot_results import improvements
+from tools.summarize_run import format_summary
 from tools.summarize_run import variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
@@ -147,3 +148,14 @@ def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
 def test_variant_names_a_non_default_init(method, init, expect):
     """Rows of ``--init medoid`` runs must not be pooled with noise-initialised ones."""
     assert variant_name(method, True, True, 0.0, init) == expect
+
+
+def test_summary_names_decoded_training_images():
+    """A DSA-protocol run of a multi-formation set trains on 4 decoded images per stored one; the
+    run.sh summary says so, and a run whose stored and training images agree prints one count."""
+    row = {"experiment": "x", "dataset": "cifar10", "variant": "wmdd", "ipc": 2, "teacher_model": "convnet",
+           "teacher_top1": 50.0, "student_model": "convnet_in", "top1": 40.0, "top5": 80.0, "epochs": 3,
+           "num_images": 20, "training_images": 80, "images_bytes": 0, "soft_label_bytes": None,
+           "train_dir": "runs/cifar10/x/train", "train_s": 1.0}
+    assert "(3 epochs on 80 images decoded from 20 stored)" in format_summary(row)
+    assert "(3 epochs on 20 images)" in format_summary({**row, "training_images": 20})

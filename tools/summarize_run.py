@@ -56,7 +56,9 @@ def dir_bytes(path: Path) -> int:
 
 
 def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, timings: dict[str, float]) -> dict:
-    """One results row from the stage directories ``experiment_dir/{recover,relabel,train}``.
+    """One results row from the stage directories ``experiment_dir/{recover,relabel,train}``
+    (the :data:`COLUMNS` of ``results.csv``, plus ``training_images``, which only
+    :func:`format_summary` prints).
 
     Raises:
         UserError: the train stage did not finish.
@@ -79,6 +81,7 @@ def summarize(teacher_dir: Path | None, experiment_dir: Path, experiment: str, t
         "wb": rargs.get("wb"), "per_class_bn": rargs.get("per_class_bn"), "r_bn": rargs.get("r_bn"),
         "r_ce": rargs.get("r_ce"), "recover_lr": rargs.get("lr"), "iterations": rargs.get("iterations"),
         "epochs": results["epochs"], "input_size": recover.get("input_size"), "num_images": results["num_images"],
+        "training_images": results.get("training_images", results["num_images"]),
         "images_bytes": dir_bytes(experiment_dir / "recover" / "images"), "soft_label_bytes": relabel.get("bytes"),
         "train_dir": str(experiment_dir / "train"), "protocol": train.get("args", {}).get("protocol", "fkd"),
     }
@@ -136,13 +139,16 @@ def format_summary(row: dict) -> str:
     def mib(v):
         return "n/a" if not v else f"{v / 2 ** 20:.2f} MiB"
 
+    decoded = row.get("training_images", row["num_images"])
+    images = f"{row['num_images']} images" if decoded == row["num_images"] else \
+        f"{decoded} images decoded from {row['num_images']} stored"
     times = "  ".join(f"{s} {row[f'{s}_s']:.0f}s" for s in ("pretrain", "recover", "relabel", "train")
                       if row.get(f"{s}_s") is not None)
     return "\n".join([
         f"experiment {row['experiment']}: {row['dataset']}, {row['variant']}, IPC {row['ipc']}",
         f"  teacher {row['teacher_model']}: top-1 {pct(row['teacher_top1'])}",
         f"  student {row['student_model']}: top-1 {pct(row['top1'])}  top-5 {pct(row['top5'])}"
-        f"  ({row['epochs']} epochs on {row['num_images']} images)",
+        f"  ({row['epochs']} epochs on {images})",
         f"  wall time: {times}",
         f"  sizes: images {mib(row['images_bytes'])}, soft labels {mib(row['soft_label_bytes'])}",
         f"  outputs: {row['train_dir']}",
