@@ -121,14 +121,15 @@ def main() -> None:
     x = built[args.methods[0]][3]
 
     def bare_round(iterations: int | None = None) -> float:
+        iterations = iterations or args.iterations
         start = time.perf_counter()
-        for _ in range(iterations or args.iterations):
+        for _ in range(iterations):
             syn = x.clone().requires_grad_(True)
             with torch.no_grad():
                 real_emb = first.embed(real).split(sizes)
             syn_emb = first.embed(syn).split(args.ipc)
             sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb)).backward()
-        return (time.perf_counter() - start) / (iterations or args.iterations)
+        return (time.perf_counter() - start) / iterations
 
     timed = {name: (lambda iterations=None, name=name: method_round(name, iterations)) for name in args.methods}
     if args.methods[0] in ("dm", "ddm"):
