@@ -14,6 +14,8 @@
 # the random-real baselines (another method's options, e.g. --r-bn or --init medoid, which recover refuses
 # for random-real).
 #
+# Without -e the student is a ConvNet under FKD and the protocol's own network (convnet_in) under -P dsa|dance.
+#
 # Usage: benchmarks/distill.sh -d DATASET -t TEACHER_DIR -r DATA_ROOT [-o OUT] [-e STUDENT]
 #          [-c "10 50"] [-s "0 1 2"] [-i RECOVER_ITERATIONS] [-z EPOCHS] [-v VAL_EVERY] [-b R_BN]
 #          [-m "random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"]
@@ -23,7 +25,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
-DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=convnet; IPCS="10 50"; SEEDS="0 1 2"
+DATASET=""; TEACHER=""; ROOT=""; OUT="$REPO/.cache/bench-runs"; STUDENT=""; IPCS="10 50"; SEEDS="0 1 2"
 ITERS=""; EPOCHS=200; VAL_EVERY=50; RBN=""; METHODS="random-real random-real-f2 sre2l wmdd-global wmdd-paper wmdd"; EXTRA=""; RARGS=""; MARGS=""; PROTOCOL=fkd
 while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:A:x:P:" opt; do
   case "$opt" in
@@ -31,12 +33,12 @@ while getopts ":d:t:r:o:e:c:s:i:z:v:b:m:a:A:x:P:" opt; do
     e) STUDENT="$OPTARG" ;; c) IPCS="$OPTARG" ;; s) SEEDS="$OPTARG" ;; i) ITERS="$OPTARG" ;;
     z) EPOCHS="$OPTARG" ;; v) VAL_EVERY="$OPTARG" ;; b) RBN="$OPTARG" ;; m) METHODS="$OPTARG" ;;
     a) RARGS="$OPTARG" ;; A) MARGS="$OPTARG" ;; x) EXTRA="$OPTARG" ;; P) PROTOCOL="$OPTARG" ;;
-    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
   esac
 done
 [[ -n "$TEACHER" && -d "$TEACHER" ]] && TEACHER="$(cd "$TEACHER" && pwd)"
 cd "$REPO"  # as run.sh: relative -r and -o are relative to the repository
-[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
+[[ -n "$DATASET" && -f "$TEACHER/manifest.json" && -d "$ROOT/$DATASET" ]] || { sed -n '2,23p' "$0" >&2; exit 2; }
 [[ " $METHODS " == *" random-real "* ]] || METHODS="random-real $METHODS"
 
 SUFFIX=""
@@ -45,6 +47,9 @@ TMODEL=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['mode
 mkdir -p "$OUT/teachers/${DATASET}_${TMODEL}"
 ln -sfn "$TEACHER" "$OUT/teachers/${DATASET}_${TMODEL}/bench"
 read -r -a extra <<<"$EXTRA"
+# the student: -e, else a ConvNet for the FKD protocol; -P dsa/dance train their own (convnet_in)
+student=()
+if [[ -n "$STUDENT" ]]; then student=(-e "$STUDENT"); elif [[ "$PROTOCOL" == fkd ]]; then student=(-e convnet); fi
 iters=()
 [[ -n "$ITERS" ]] && iters=(-i "$ITERS")
 for ipc in $IPCS; do
@@ -62,7 +67,7 @@ for ipc in $IPCS; do
       esac
       [[ -n "$RBN" && "$base" =~ ^(wmdd|wmdd-paper|wmdd-global|sre2l)$ ]] && flags+=(-b "$RBN")
       echo "=== $DATASET IPC $ipc seed $seed $method"
-      "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" -e "$STUDENT" -y bench -c "$ipc" "${iters[@]+"${iters[@]}"}" \
+      "$REPO/run.sh" -d "$DATASET" -r "$ROOT" -m "$TMODEL" "${student[@]+"${student[@]}"}" -y bench -c "$ipc" "${iters[@]+"${iters[@]}"}" \
         -z "$EPOCHS" --seed "$seed" --out "$OUT" -x "$method-ipc$ipc-s$seed$SUFFIX" --device cpu \
         --protocol "$PROTOCOL" --train-args "--val-every $VAL_EVERY" --recover-args "$rargs" "${flags[@]}" \
         "${extra[@]+"${extra[@]}"}"

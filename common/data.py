@@ -175,6 +175,19 @@ def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | Non
     return names
 
 
+def recorded_classes(value: str | None, data_path: str | Path | None) -> str | list[str] | None:
+    """What a stage's manifest records for ``--classes``: ``None`` and ``N`` as given, a FILE
+    as the sorted class names it lists (:func:`resolve_classes`), so that a run whose class
+    file was edited since is a different run, not one "already finished with these arguments".
+
+    Raises:
+        UserError: as :func:`resolve_classes` (a missing or unusable file, unknown names).
+    """
+    if value is None or data_path is None or (str(value).strip().isascii() and str(value).strip().isdigit()):
+        return value  # without --data-path the stage refuses to run anyway
+    return resolve_classes(value, split_dir(data_path, "train"))
+
+
 def load_image(path: str) -> Image.Image:
     """Read ``path`` as an RGB PIL image.
 

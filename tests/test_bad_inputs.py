@@ -308,6 +308,28 @@ def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
         resolve_classes(str(names), train)
 
 
+def test_an_edited_class_file_makes_a_finished_run_a_different_one(cifar_root, tmp_path, capsys):
+    """--classes FILE is recorded by the names it lists: the same command after the file was
+    edited is refused with the difference named, not reported as already finished."""
+    from common.data import recorded_classes
+    names = tmp_path / "classes.txt"
+    names.write_text("ship\ncat\n")
+    assert recorded_classes(str(names), cifar_root) == ["cat", "ship"]
+    assert recorded_classes("3", cifar_root) == "3" and recorded_classes(None, cifar_root) is None
+    out = tmp_path / "recover"
+    argv = ["--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out, "--method", "random-real",
+            "--ipc", "1", "--classes", names, "--workers", "0"]
+    assert _call("recover", argv, capsys)[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["args"]["classes"] == ["cat", "ship"]
+    assert _call("recover", argv, capsys)[0] == 0  # unchanged file: finished, nothing to do
+    before = _snapshot(out)
+    names.write_text("ship\ndog\n")
+    code, err = _call("recover", argv, capsys)
+    assert code == 2 and "a finished recover run with different arguments" in err
+    assert "classes: ['cat', 'ship'] there, ['dog', 'ship'] now" in err
+    assert _snapshot(out) == before
+
+
 def test_a_class_subset_runs_through_every_stage_and_is_checked(cifar_root, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     assert _call("pretrain", ["--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet",

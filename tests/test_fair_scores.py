@@ -77,6 +77,22 @@ def test_distill_sh_passes_method_only_flags_to_the_method_and_not_to_random_rea
     assert baseline["args"]["r_bn"] is None  # not an option of random-real
 
 
+@pytest.mark.parametrize("flags,model", [((), "convnet_in"), (("-e", "convnet"), "convnet")])
+def test_distill_sh_dsa_protocol_trains_its_own_student_unless_e_is_given(bench, cifar_root, tmp_path, flags,
+                                                                          model):
+    """-P dsa without -e trains the DSA protocol's convnet_in (distill.sh's FKD student, a BN
+    ConvNet, must not reach it); -e still chooses the student."""
+    out, _ = bench
+    teacher = out / "teachers" / "cifar10_convnet" / "bench"  # the link distill.sh made for the bench runs
+    proc = subprocess.run([str(REPO / "benchmarks" / "distill.sh"), "-d", "cifar10", "-t", str(teacher),
+                           "-r", str(cifar_root.parent), "-o", str(tmp_path), "-c", "2", "-s", "0", "-z", "1",
+                           "-m", "random-real", "-P", "dsa", "-x", "-g", *flags], cwd="/", capture_output=True,
+                          text=True, timeout=900, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "cifar10" / "random-real-ipc2-s0-dsa" / "train" / "results.json").read_text())
+    assert results["model"] == model
+
+
 def test_summarize_table_prints_the_difference_to_the_baseline(bench):
     out, _ = bench
     proc = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
