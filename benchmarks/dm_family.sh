@@ -5,9 +5,10 @@
 #
 # Usage: benchmarks/dm_family.sh -r DATA_ROOT/cifar10 [-d cifar10] [-o OUT] [-c IPC] [-s "0 1 2"]
 #          [-i ITERATIONS] [-b BATCH_REAL] [-e DSA_EPOCHS] [-t TEACHER_DIR -z FKD_EPOCHS] [-x EXPERTS_DIR]
-#          [-m "random-real dm ddm ddm-style ddm-icd ddm-mm-pre dance random-real-f2"] [-R | -F]
+#          [-m "random-real dm ddm ddm-style ddm-icd ddm-mm-pre dance random-real-f2"] [-R | -F] [-D cpu|cuda]
 #   -R   recover only (synthesise the sets, train nothing)
 #   -F   soft labels only: with -t, skip the DSA hard-label training (its table was run before)
+#   -D   device of every stage (default cpu)
 # Variants: dm = --method dm; ddm = --method ddm (defaults: style both, post-norm, ICD 10);
 #   ddm-style = ddm without ICD; ddm-icd = ddm without style; ddm-mm-pre = moments matching alone on
 #   pre-norm maps with --mm-weight 0.01; dance = --method dance --experts EXPERTS_DIR (multi-formation
@@ -19,17 +20,17 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 DATA=""; DATASET=cifar10; OUT="$REPO/.cache/dm-family"; IPC=10; SEEDS="0 1 2"; ITERS=60; BREAL=32
-EPOCHS=100; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0; FKD_ONLY=0; EXPERTS=""
+EPOCHS=100; TEACHER=""; FKD_EPOCHS=200; RECOVER_ONLY=0; FKD_ONLY=0; EXPERTS=""; DEVICE=cpu
 VARIANTS="random-real dm ddm ddm-style ddm-icd ddm-mm-pre"
-while getopts ":r:d:o:c:s:i:b:e:t:z:m:x:RF" opt; do
+while getopts ":r:d:o:c:s:i:b:e:t:z:m:x:D:RF" opt; do
   case "$opt" in
     r) DATA="$OPTARG" ;; d) DATASET="$OPTARG" ;; o) OUT="$OPTARG" ;; c) IPC="$OPTARG" ;; s) SEEDS="$OPTARG" ;;
     i) ITERS="$OPTARG" ;; b) BREAL="$OPTARG" ;; e) EPOCHS="$OPTARG" ;; t) TEACHER="$OPTARG" ;;
-    z) FKD_EPOCHS="$OPTARG" ;; m) VARIANTS="$OPTARG" ;; x) EXPERTS="$OPTARG" ;; R) RECOVER_ONLY=1 ;; F) FKD_ONLY=1 ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    z) FKD_EPOCHS="$OPTARG" ;; m) VARIANTS="$OPTARG" ;; x) EXPERTS="$OPTARG" ;; D) DEVICE="$OPTARG" ;; R) RECOVER_ONLY=1 ;; F) FKD_ONLY=1 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
   esac
 done
-[[ -d "$DATA/train" ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[[ -d "$DATA/train" ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 [[ "$FKD_ONLY" == 0 || -n "$TEACHER" ]] || { echo "-F (soft labels only) needs -t TEACHER_DIR" >&2; exit 2; }
 cd "$REPO"
 for seed in $SEEDS; do
@@ -51,10 +52,10 @@ for seed in $SEEDS; do
     exp="$OUT/$variant-ipc$IPC-s$seed"
     echo "=== $variant IPC $IPC seed $seed"
     "$PYTHON" -m recover --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp/recover" --ipc "$IPC" \
-      --seed "$seed" --device cpu --log-every 50 "${flags[@]}"
+      --seed "$seed" --device "$DEVICE" --log-every 50 "${flags[@]}"
     [[ "$RECOVER_ONLY" == 1 ]] && continue
     [[ "$FKD_ONLY" == 0 ]] && "$PYTHON" -m train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
-      --output-dir "$exp/train-dsa" --epochs "$EPOCHS" --seed "$seed" --device cpu --val-every "$EPOCHS" \
+      --output-dir "$exp/train-dsa" --epochs "$EPOCHS" --seed "$seed" --device "$DEVICE" --val-every "$EPOCHS" \
       --factor "$factor"
     if [[ -n "$TEACHER" ]]; then
       images="$exp/recover/images"
@@ -63,10 +64,10 @@ for seed in $SEEDS; do
         images="$exp/decoded/images"
       fi
       "$PYTHON" -m relabel --teacher "$TEACHER" --images "$images" --output-dir "$exp/relabel" \
-        --epochs "$FKD_EPOCHS" --batch-size 100 --seed "$seed" --device cpu --config "configs/$DATASET.yaml"
+        --epochs "$FKD_EPOCHS" --batch-size 100 --seed "$seed" --device "$DEVICE" --config "configs/$DATASET.yaml"
       "$PYTHON" -m train --images "$images" --soft-labels "$exp/relabel" --teacher "$TEACHER" \
         --data-path "$DATA" --model convnet --output-dir "$exp/train-fkd" --epochs "$FKD_EPOCHS" --batch-size 100 \
-        --seed "$seed" --device cpu --config "configs/$DATASET.yaml" --val-every 50
+        --seed "$seed" --device "$DEVICE" --config "configs/$DATASET.yaml" --val-every 50
     fi
   done
 done

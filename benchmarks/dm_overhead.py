@@ -19,7 +19,7 @@ that is arithmetic the method asks for (DDM's channel Gram matrices) rather
 than overhead around the embedding pass.
 
     python -m benchmarks.dm_overhead [--methods dm [ddm] [dance]] [--experts DIR] [--ipc 10] [--classes 10]
-        [--batch-real 256] [--iterations 3] [--rounds 3] [--data-path DIR]
+        [--batch-real 256] [--iterations 3] [--rounds 3] [--data-path DIR] [--device auto]
 
 With several ``--methods`` the first is also the reference of the others: e.g.
 ``--methods dm dance --experts DIR`` prints a DANCE iteration (the middle
@@ -41,21 +41,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
 from common.data import image_folder, split_dir
+from common.distributed import resolve_device
 from common.datasets import get_spec
 from common.transforms import eval_transform, pixel_bounds
 from models.experts import load_experts
 from recover.matching import mean_embedding_loss
 from recover.methods import Resources
+from benchmarks.recover_overhead import sync
 from recover.options import build_parser, resolve_args
 from recover.real_pool import RealPool
 from recover.synthesize import SynthesisConfig, synthesize
 
 
-def _built(name: str, args, data: str, dataset, spec, pool: RealPool):
-    """``(method instance, objective, synthesis config, initial stored images, resolved
-    recover arguments)`` of ``name`` on the first ``args.classes`` classes."""
+def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: torch.device):
+    """``(method instance, objective, synthesis config, initial stored images on ``device``,
+    resolved recover arguments)`` of ``name`` on the first ``args.classes`` classes."""
     flags = ["--method", name, "--dataset", "cifar10", "--data-path", data, "--output-dir", "unused",
-             "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", "cpu"]
+             "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", device.type]
     if name == "dance":
         if not args.experts:
             raise SystemExit("--methods dance needs --experts DIR (python -m pretrain --experts N)")
@@ -67,9 +69,9 @@ def _built(name: str, args, data: str, dataset, spec, pool: RealPool):
         experts = load_experts(args.experts)
         experts.check_data(list(dataset.classes), 32, data)
     method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
-                           device=torch.device("cpu"), experts=experts))
+                           device=device, experts=experts))
     classes = list(range(args.classes))
-    real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes])
+    real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes]).to(device)
     config = SynthesisConfig(iterations=args.iterations, lr=rargs.lr, optimisation=cls.optimisation(rargs),
                              log_every=10 ** 9)
     return method, method.batch_objective(classes, 0), config, method.initial_images(real), rargs
@@ -96,25 +98,29 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=3, help="iterations per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data-path")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (times are synchronised on CUDA)")
     args = p.parse_args()
     if args.experts and "dance" not in args.methods:
         p.error("--experts is for --methods dance")
     data = args.data_path or str(cached_dataset("cifar10"))
+    device = resolve_device(args.device)
     spec = get_spec("cifar10")
     dataset = image_folder(split_dir(data, "train"), eval_transform(spec, 32))
     low, high = pixel_bounds(spec)
     classes = list(range(args.classes))
     pool = RealPool(dataset, classes, spec, 32)
-    built = {name: _built(name, args, data, dataset, spec, pool) for name in args.methods}
-    real = torch.cat([pool.sample(c, args.batch_real) for c in classes])
+    built = {name: _built(name, args, data, dataset, spec, pool, device) for name in args.methods}
+    real = torch.cat([pool.sample(c, args.batch_real) for c in classes]).to(device)
     sizes = [min(args.batch_real, pool.size(c)) for c in classes]
 
     def method_round(name: str, iterations: int | None = None) -> float:
         _, objective, config, x, _ = built[name]
         if iterations:
             config = dataclasses.replace(config, iterations=iterations)
+        sync(device)
         start = time.perf_counter()
         synthesize(objective, x, low, high, config)
+        sync(device)
         return (time.perf_counter() - start) / config.iterations
 
     first = built[args.methods[0]][0]
@@ -122,6 +128,7 @@ def main() -> None:
 
     def bare_round(iterations: int | None = None) -> float:
         iterations = iterations or args.iterations
+        sync(device)
         start = time.perf_counter()
         for _ in range(iterations):
             syn = x.clone().requires_grad_(True)
@@ -129,6 +136,7 @@ def main() -> None:
                 real_emb = first.embed(real).split(sizes)
             syn_emb = first.embed(syn).split(args.ipc)
             sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb)).backward()
+        sync(device)
         return (time.perf_counter() - start) / iterations
 
     timed = {name: (lambda iterations=None, name=name: method_round(name, iterations)) for name in args.methods}
@@ -143,7 +151,7 @@ def main() -> None:
     best = {name: min(t) for name, t in times.items()}
     work = {name: flops(lambda run=run: run(1)) for name, run in timed.items()}
     print(f"{args.classes} classes x (IPC {args.ipc} stored + {args.batch_real} real) images of 32 px, "
-          f"{', '.join(f'{name} on {b[4].net or b[0].experts.name}' for name, b in built.items())}, cpu, "
+          f"{', '.join(f'{name} on {b[4].net or b[0].experts.name}' for name, b in built.items())}, {device}, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
     for name, seconds in best.items():
         print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms"

@@ -36,6 +36,7 @@ from recover.synthesize import SynthesisConfig, synthesize
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the queued CUDA work of ``device`` (nothing on CPU), so that host clocks time it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -130,6 +130,12 @@ class VisibleImageFolder(ImageFolder):
         return classes, {c: i for i, c in enumerate(classes)}
 
 
+def _is_class_count(value: str) -> bool:
+    """Whether a ``--classes`` value is a number of classes (ASCII digits) rather than a file."""
+    text = str(value).strip()
+    return text.isascii() and text.isdigit()
+
+
 def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | None:
     """The class subset named by ``--classes`` (``None``: every class folder).
 
@@ -150,7 +156,7 @@ def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | Non
         return None
     found = class_folders(train_dir)
     text = str(value).strip()
-    if text.isascii() and text.isdigit():
+    if _is_class_count(text):
         n = int(text)
         if not 1 <= n <= len(found):
             raise UserError(f"--classes {text}: {train_dir} has {len(found)} class folders; pass 1 to {len(found)} "
@@ -183,7 +189,7 @@ def recorded_classes(value: str | None, data_path: str | Path | None) -> str | l
     Raises:
         UserError: as :func:`resolve_classes` (a missing or unusable file, unknown names).
     """
-    if value is None or data_path is None or (str(value).strip().isascii() and str(value).strip().isdigit()):
+    if value is None or data_path is None or _is_class_count(value):
         return value  # without --data-path the stage refuses to run anyway
     return resolve_classes(value, split_dir(data_path, "train"))
 
