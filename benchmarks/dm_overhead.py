@@ -40,14 +40,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
+from benchmarks.recover_overhead import sync
 from common.data import image_folder, split_dir
-from common.distributed import resolve_device
 from common.datasets import get_spec
+from common.distributed import resolve_device
 from common.transforms import eval_transform, pixel_bounds
 from models.experts import load_experts
 from recover.matching import mean_embedding_loss
 from recover.methods import Resources
-from benchmarks.recover_overhead import sync
 from recover.options import build_parser, resolve_args
 from recover.real_pool import RealPool
 from recover.synthesize import SynthesisConfig, synthesize

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from common.data import recorded_classes
 from common.errors import UserError
 from common.io import atomic_write_json, check_output_dir, read_json, sha256_file
 
@@ -189,8 +190,16 @@ def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:
 
 def run_arguments(args, ignore: tuple[str, ...] = ()) -> dict:
     """The arguments that define a run: ``vars(args)`` as JSON values, without ``ignore``
-    (options such as ``--workers`` that may change without changing the result)."""
-    return {k: v for k, v in jsonable(vars(args)).items() if k not in ignore}
+    (options such as ``--workers`` that may change without changing the result); a
+    ``--classes FILE`` as the class names it lists (:func:`common.data.recorded_classes`).
+
+    Raises:
+        UserError: a ``--classes`` file that cannot be used (as :func:`common.data.resolve_classes`).
+    """
+    run = {k: v for k, v in jsonable(vars(args)).items() if k not in ignore}
+    if "classes" in run:
+        run["classes"] = recorded_classes(args.classes, getattr(args, "data_path", None))
+    return run
 
 
 def finished_with_same_args(stage_dir: str | Path, stage: str, args: dict) -> bool:

@@ -22,7 +22,7 @@ import torch
 from common.bounds import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
 from common.cli import progress, run_main
 from common.config import add_classes_option, parse_with_config, save_resolved_config, stage_parser
-from common.data import load_splits, recorded_classes, resolve_classes, split_dir, with_transform
+from common.data import load_splits, resolve_classes, split_dir, with_transform
 from common.datasets import dataset_names, resolve_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES + (() if args.experts else EXPERT_ONLY))
-    run_args["classes"] = recorded_classes(args.classes, args.data_path)
     if finished_with_same_args(out, "pretrain", run_args):
         return 0
     ctx = setup(args.device)

@@ -27,7 +27,7 @@ import torch
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
-from common.data import image_folder, recorded_classes, resolve_classes, split_dir
+from common.data import image_folder, resolve_classes, split_dir
 from common.datasets import get_spec
 from common.distributed import DistContext, setup
 from common.errors import UserError
@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     cls = resolve_args(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
-    run_args["classes"] = recorded_classes(args.classes, args.data_path)
     if finished_with_same_args(out, "recover", run_args):
         return 0
     ctx = setup(args.device)

@@ -27,7 +27,6 @@ import torch
 
 from common.cli import progress, run_main
 from common.config import parse_with_config, save_resolved_config
-from common.data import recorded_classes
 from common.distributed import setup
 from common.io import atomic_write_json
 from common.loaders import eval_loader
@@ -47,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     resolve_factor(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
-    run_args["classes"] = recorded_classes(args.classes, args.data_path)
     if finished_with_same_args(out, "train", run_args):
         return 0
     ctx = setup(args.device)
