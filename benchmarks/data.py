@@ -1,8 +1,8 @@
-"""Where the real datasets are, and cached extractions of them for benchmarks.
+"""Where the full real datasets are, and cached extractions of them for benchmarks.
 
-The archives are located through ``$WMDD_SHARED_DATASETS``, then
-``<repo>/../shared/datasets``, then ``/work/shared/datasets``; extractions go to
-``<repo>/.cache/`` (ignored by git), never into the repository.
+Only benchmarks read the full archives (the test suite uses ``tests/data``). They are
+located through ``$WMDD_SHARED_DATASETS``, else ``<repo>/../shared/datasets``; extractions
+go to ``<repo>/.cache/`` (ignored by git), never into the repository.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ ARCHIVES = {"cifar10": "cifar10-jpg.tar.gz", "imagenette": "imagenette2-224-jpg.
 
 
 def shared_datasets() -> Path:
-    """Folder holding the real dataset archives.
+    """Folder holding the real dataset archives (``cifar10-jpg.tar.gz``, ``imagenette2-224-jpg.tar.gz``).
 
     Raises:
-        RuntimeError: not found (set ``WMDD_SHARED_DATASETS``).
+        RuntimeError: neither ``$WMDD_SHARED_DATASETS`` nor ``<repo>/../shared/datasets`` holds them.
     """
-    candidates = [os.environ.get("WMDD_SHARED_DATASETS"), REPO.parent / "shared" / "datasets",
-                  Path("/work/shared/datasets")]
-    for c in candidates:
-        if c and (Path(c) / ARCHIVES["cifar10"]).is_file():
-            return Path(c)
-    raise RuntimeError("real datasets not found: set WMDD_SHARED_DATASETS to the folder holding "
-                       f"{ARCHIVES['cifar10']}")
+    variable = os.environ.get("WMDD_SHARED_DATASETS")
+    folder = Path(variable) if variable else REPO.parent / "shared" / "datasets"
+    if (folder / ARCHIVES["cifar10"]).is_file():
+        return folder
+    raise RuntimeError(f"real datasets not found: {folder / ARCHIVES['cifar10']} does not exist; set "
+                       "WMDD_SHARED_DATASETS to the folder holding the archives (default: ../shared/datasets "
+                       "beside the repository)")
 
 
 def cached_dataset(name: str, train_per_class: int | None = None, val_per_class: int | None = None,

@@ -14,7 +14,7 @@ from PIL import Image
 from common.data import load_splits
 from common.errors import UserError
 from common.prepare import build_digits, extract, reorganize_tiny_imagenet
-from tests.conftest import run_module
+from tests.conftest import CIFAR10_MINI, run_module
 
 
 def test_extract_subset_of_real_cifar10(cifar_root):
@@ -24,10 +24,10 @@ def test_extract_subset_of_real_cifar10(cifar_root):
     assert (cifar_root / ".prepared.json").is_file()
 
 
-def test_extract_is_idempotent_and_refuses_other_options(cifar_root, shared):
-    assert extract(shared / "cifar10-jpg.tar.gz", cifar_root, 20, 10, 0) == cifar_root
+def test_extract_is_idempotent_and_refuses_other_options(cifar_root):
+    assert extract(CIFAR10_MINI, cifar_root) == cifar_root
     with pytest.raises(UserError, match="prepared with other options"):
-        extract(shared / "cifar10-jpg.tar.gz", cifar_root, 5, 5, 0)
+        extract(CIFAR10_MINI, cifar_root, 5, 5, 0)
 
 
 def _zip_from(cifar_root, path, members):
