@@ -5,11 +5,11 @@ image, evaluation transform) and each k (IPC), it measures time and W2^2
 objective (``ot.emd2``, the same function for all) of:
 
 * ``pot``: WMDD's unweighted path, POT's ``ot.lp.free_support_barycenter`` from
-  an N(0, 1) initial support (:func:`recover.barycenter.pot_barycenter`);
-* ``exact``: our default (:func:`recover.barycenter.exact_barycenter`);
+  an N(0, 1) initial support (:func:`wmdd.recover.barycenter.pot_barycenter`);
+* ``exact``: our default (:func:`wmdd.recover.barycenter.exact_barycenter`);
 * ``wmdd_weighted``: WMDD's ``--weight-wb`` path, reimplemented here only for
   comparison (:func:`wmdd_weighted_barycenter`);
-* ``weighted``: our free-weight mode (:func:`recover.barycenter.weighted_barycenter`).
+* ``weighted``: our free-weight mode (:func:`wmdd.recover.barycenter.weighted_barycenter`).
 
     python -m benchmarks.barycenter --teacher TEACHER_DIR --data-path ROOT [--k 1 10 50 100]
         [--classes N] [--weighted-classes N] [--per-class N] [--out results.csv]
@@ -30,10 +30,10 @@ import ot
 import pandas as pd
 import torch
 
-from common.data import image_folder, split_dir
-from common.transforms import eval_transform
-from models.teacher import load_teacher
-from recover.barycenter import (
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.transforms import eval_transform
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.barycenter import (
     EMD_MAX_ITER,
     exact_barycenter,
     gaussian_init,
@@ -41,7 +41,7 @@ from recover.barycenter import (
     w2_squared,
     weighted_barycenter,
 )
-from recover.features import cached_features
+from wmdd.recover.features import cached_features
 
 
 def wmdd_weighted_barycenter(features: np.ndarray, k: int, *, seed: int = 0, outer: int = 20, rounds: int = 10,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.prepare import extract
+from wmdd.data.prepare import extract
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"

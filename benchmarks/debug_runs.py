@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.data import CACHE, REPO, cached_dataset
-from common.prepare import build_digits
+from wmdd.data.prepare import build_digits
 
 DATASETS = ("digits", "cifar10", "tiny-imagenet", "imagenette")
 

@@ -8,7 +8,7 @@
 # Finished runs are skipped on re-run. -P dsa evaluates under the DM family's hard-label DSA
 # protocol. A method NAME-fF (e.g. random-real-f2, medoids-f2) is NAME with recover --factor F
 # (multi-formation; run.sh decodes the tiles for the FKD protocol). Without -i each method runs its own
-# recover iterations (configs/<dataset>.yaml, else python -m recover --help); -i gives all the same budget.
+# recover iterations (wmdd/configs/<dataset>.yaml, else python -m wmdd.recover --help); -i gives all the same budget.
 # -a passes recover flags to every method, the random-real baselines included (options that change which
 # real images are drawn, e.g. --train-per-class, must reach them too); -A passes flags to every method but
 # the random-real baselines (another method's options, e.g. --r-bn or --init medoid, which recover refuses
@@ -74,7 +74,7 @@ for ipc in $IPCS; do
     done
   done
 done
-"$PYTHON" -m tools.plot_results --csv "$OUT/results.csv" --out "$OUT/plots" --table
+"$PYTHON" -m wmdd.tools.plot_results --csv "$OUT/results.csv" --out "$OUT/plots" --table
 echo
 echo "fair scores (vs random real: paired by seed, same teacher, labels and student budget):"
-"$PYTHON" -m tools.fair_scores --csv "$OUT/results.csv"
+"$PYTHON" -m wmdd.tools.fair_scores --csv "$OUT/results.csv"

@@ -14,7 +14,7 @@
 #   pre-norm maps with --mm-weight 0.01; dance = --method dance --experts EXPERTS_DIR (multi-formation
 #   factor 2); random-real-f2 = random real at DANCE's pixel budget (4 real images in the tiles of each
 #   stored image: DANCE's iteration 0). Factor-2 sets train with --factor 2 under the DSA protocol and
-#   are decoded (python -m tools.decode_images) for the FKD protocol.
+#   are decoded (python -m wmdd.tools.decode_images) for the FKD protocol.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +39,7 @@ for seed in $SEEDS; do
     case "$variant" in
       random-real) flags=(--method random-real) ;;
       random-real-f2) flags=(--method random-real --factor 2); factor=2 ;;
-      dance) [[ -n "$EXPERTS" ]] || { echo "variant dance needs -x EXPERTS_DIR (python -m pretrain --experts N)" >&2; exit 2; }
+      dance) [[ -n "$EXPERTS" ]] || { echo "variant dance needs -x EXPERTS_DIR (python -m wmdd.pretrain --experts N)" >&2; exit 2; }
              flags=(--method dance --experts "$EXPERTS"); factor=2 ;;
       dm) flags=(--method dm) ;;
       ddm) flags=(--method ddm) ;;
@@ -51,28 +51,28 @@ for seed in $SEEDS; do
     [[ "$variant" != random-real* ]] && flags+=(--iterations "$ITERS" --batch-real "$BREAL")
     exp="$OUT/$variant-ipc$IPC-s$seed"
     echo "=== $variant IPC $IPC seed $seed"
-    "$PYTHON" -m recover --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp/recover" --ipc "$IPC" \
+    "$PYTHON" -m wmdd.recover --dataset "$DATASET" --data-path "$DATA" --output-dir "$exp/recover" --ipc "$IPC" \
       --seed "$seed" --device "$DEVICE" --log-every 50 "${flags[@]}"
     [[ "$RECOVER_ONLY" == 1 ]] && continue
-    [[ "$FKD_ONLY" == 0 ]] && "$PYTHON" -m train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
+    [[ "$FKD_ONLY" == 0 ]] && "$PYTHON" -m wmdd.train --protocol dsa --images "$exp/recover/images" --dataset "$DATASET" --data-path "$DATA" \
       --output-dir "$exp/train-dsa" --epochs "$EPOCHS" --seed "$seed" --device "$DEVICE" --val-every "$EPOCHS" \
       --factor "$factor"
     if [[ -n "$TEACHER" ]]; then
       images="$exp/recover/images"
       if [[ "$factor" != 1 ]]; then
-        "$PYTHON" -m tools.decode_images --images "$images" --output-dir "$exp/decoded"
+        "$PYTHON" -m wmdd.tools.decode_images --images "$images" --output-dir "$exp/decoded"
         images="$exp/decoded/images"
       fi
-      "$PYTHON" -m relabel --teacher "$TEACHER" --images "$images" --output-dir "$exp/relabel" \
-        --epochs "$FKD_EPOCHS" --batch-size 100 --seed "$seed" --device "$DEVICE" --config "configs/$DATASET.yaml"
-      "$PYTHON" -m train --images "$images" --soft-labels "$exp/relabel" --teacher "$TEACHER" \
+      "$PYTHON" -m wmdd.relabel --teacher "$TEACHER" --images "$images" --output-dir "$exp/relabel" \
+        --epochs "$FKD_EPOCHS" --batch-size 100 --seed "$seed" --device "$DEVICE" --config "wmdd/configs/$DATASET.yaml"
+      "$PYTHON" -m wmdd.train --images "$images" --soft-labels "$exp/relabel" --teacher "$TEACHER" \
         --data-path "$DATA" --model convnet --output-dir "$exp/train-fkd" --epochs "$FKD_EPOCHS" --batch-size 100 \
-        --seed "$seed" --device "$DEVICE" --config "configs/$DATASET.yaml" --val-every 50
+        --seed "$seed" --device "$DEVICE" --config "wmdd/configs/$DATASET.yaml" --val-every 50
     fi
   done
 done
-"$PYTHON" -m tools.fair_scores "$OUT"
+"$PYTHON" -m wmdd.tools.fair_scores "$OUT"
 if [[ " $VARIANTS " == *" random-real-f2 "* ]]; then
   echo "paired with random real at the multi-formation pixel budget (random-real-f2):"
-  "$PYTHON" -m tools.fair_scores "$OUT" --baseline random-real-f2
+  "$PYTHON" -m wmdd.tools.fair_scores "$OUT" --baseline random-real-f2
 fi

@@ -1,7 +1,7 @@
 """Time per DM / DDM recover iteration versus a bare embedding pass of the same batch.
 
-One DM iteration (:func:`recover.synthesize.synthesize` with
-:class:`recover.methods.dm.DM`'s objective) is: re-initialise the network, draw
+One DM iteration (:func:`wmdd.recover.synthesize.synthesize` with
+:class:`wmdd.recover.methods.dm.DM`'s objective) is: re-initialise the network, draw
 ``batch_real`` real images of each class from the in-memory pool, one shared
 DSA draw per class applied to its real and synthetic images, the embedding of
 the real batch (no grad) and of the synthetic batch, the per-class loss,
@@ -41,16 +41,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
 from benchmarks.recover_overhead import sync
-from common.data import image_folder, split_dir
-from common.datasets import get_spec
-from common.distributed import resolve_device
-from common.transforms import eval_transform, pixel_bounds
-from models.experts import load_experts
-from recover.matching import mean_embedding_loss
-from recover.methods import Resources
-from recover.options import build_parser, resolve_args
-from recover.real_pool import RealPool
-from recover.synthesize import SynthesisConfig, synthesize
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.datasets import get_spec
+from wmdd.runtime.distributed import resolve_device
+from wmdd.data.transforms import eval_transform, pixel_bounds
+from wmdd.models.experts import load_experts
+from wmdd.recover.matching import mean_embedding_loss
+from wmdd.recover.methods import Resources
+from wmdd.recover.options import build_parser, resolve_args
+from wmdd.recover.real_pool import RealPool
+from wmdd.recover.synthesize import SynthesisConfig, synthesize
 
 
 def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: torch.device):
@@ -60,7 +60,7 @@ def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: to
              "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", device.type]
     if name == "dance":
         if not args.experts:
-            raise SystemExit("--methods dance needs --experts DIR (python -m pretrain --experts N)")
+            raise SystemExit("--methods dance needs --experts DIR (python -m wmdd.pretrain --experts N)")
         flags += ["--experts", args.experts]
     rargs = build_parser().parse_args(flags)
     cls = resolve_args(rargs)

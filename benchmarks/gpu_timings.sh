@@ -48,7 +48,7 @@ step recover_fp32 120 "$PYTHON" -m benchmarks.recover_overhead --teacher "$TEACH
   --iterations "$BENCH_ITERS" --rounds 3
 step recover_amp 120 "$PYTHON" -m benchmarks.recover_overhead --teacher "$TEACHER" --device "$DEVICE" \
   --iterations "$BENCH_ITERS" --rounds 3 --amp --channels-last
-step experts 180 "$PYTHON" -m pretrain --experts 5 --dataset cifar10 --data-path "$DATA/cifar10" --epochs 1 \
+step experts 180 "$PYTHON" -m wmdd.pretrain --experts 5 --dataset cifar10 --data-path "$DATA/cifar10" --epochs 1 \
   --lr-scheduler none --train-per-class 1000 --workers 8 --device "$DEVICE" --output-dir "$RUNS/experts"
 step dm_ddm 120 "$PYTHON" -m benchmarks.dm_overhead --methods dm ddm --batch-real 256 --iterations "$BENCH_ITERS" --rounds 3 \
   --data-path "$DATA/cifar10" --device "$DEVICE"

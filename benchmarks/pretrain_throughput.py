@@ -3,7 +3,7 @@
 Both run in one process on the same model architecture, batch size and real
 CIFAR-10 images, alternating rounds (pretrain, bare, pretrain, bare, ...) so
 that machine load affects both alike. The pretrain loop is
-:func:`pretrain.loop.train_one_epoch` fed by the stage's DataLoader (JPEG
+:func:`wmdd.pretrain.loop.train_one_epoch` fed by the stage's DataLoader (JPEG
 decoding, augmentation, worker processes); the bare loop iterates over batches
 already decoded into memory. Target: ratio >= 0.9.
 
@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 
 from benchmarks.data import cached_dataset
-from common.data import load_splits, with_transform
-from common.datasets import get_spec
-from common.distributed import DistContext
-from common.loaders import seed_epoch, train_loader
-from common.transforms import train_transform
-from models import create_model, parse_model_kwargs
-from pretrain.loop import train_one_epoch
+from wmdd.data.folders import load_splits, with_transform
+from wmdd.data.datasets import get_spec
+from wmdd.runtime.distributed import DistContext
+from wmdd.data.loaders import seed_epoch, train_loader
+from wmdd.data.transforms import train_transform
+from wmdd.models import create_model, parse_model_kwargs
+from wmdd.pretrain.loop import train_one_epoch
 
 
 def bare_loop(model, optimizer, batches) -> float:

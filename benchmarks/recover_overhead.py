@@ -1,6 +1,6 @@
 """Time per recover iteration versus a bare teacher forward + backward on the same batch.
 
-One recover iteration (:func:`recover.synthesize.synthesize`) is: random-resized
+One recover iteration (:func:`wmdd.recover.synthesize.synthesize`) is: random-resized
 crop + flip + roll of the batch, teacher forward with the BN-input hooks and
 the feature capture, the WMDD loss (barycenter + per-class BN terms), backward
 to the pixels, Adam step and clipping. The bare loop is ``model(x)`` and a
@@ -23,16 +23,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.data import cached_dataset
-from common.data import image_folder, split_dir
-from common.datasets import get_spec
-from common.distributed import DistContext, resolve_device
-from common.transforms import eval_transform, pixel_bounds
-from models import create_model, penultimate_features
-from models.bn_stats import compute_bn_statistics
-from models.teacher import load_teacher
-from recover.losses import RecoverObjective
-from recover.methods.wmdd import ViewConfig, augment
-from recover.synthesize import SynthesisConfig, synthesize
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.datasets import get_spec
+from wmdd.runtime.distributed import DistContext, resolve_device
+from wmdd.data.transforms import eval_transform, pixel_bounds
+from wmdd.models import create_model, penultimate_features
+from wmdd.models.bn_stats import compute_bn_statistics
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.losses import RecoverObjective
+from wmdd.recover.methods.wmdd import ViewConfig, augment
+from wmdd.recover.synthesize import SynthesisConfig, synthesize
 
 
 def sync(device: torch.device) -> None:

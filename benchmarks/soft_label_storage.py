@@ -4,7 +4,7 @@ For 10, 100, 200 and 1000 classes it writes one epoch of N images in batches
 of B, both ways, and measures the files on disk:
 
 * ours: one ``epoch_<e>.pt`` per epoch, written by relabel's writer
-  (:func:`common.soft_labels.write_epoch`: the view plan plus the teacher's
+  (:func:`wmdd.relabel.soft_labels.write_epoch`: the view plan plus the teacher's
   top-k logits in fp16 with int16 indices; all logits, no indices, when
   k >= classes);
 * FKD (SRe2L/WMDD's relabel): one ``batch_<i>.tar`` per batch holding
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from common.soft_labels import write_epoch
-from common.views import ViewSettings, plan_epoch
+from wmdd.relabel.soft_labels import write_epoch
+from wmdd.relabel.views import ViewSettings, plan_epoch
 
 
 def ours_bytes(folder: Path, n: int, batch: int, classes: int, top_k: int) -> int:

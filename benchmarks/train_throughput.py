@@ -1,8 +1,8 @@
 """Images/s of the train stage's loop versus a bare forward/backward/step loop on the same batches.
 
 Distilled set: a seeded real CIFAR-10 subset (IPC images per class) with soft
-labels recorded by ``python -m relabel`` from a teacher (a freshly initialised
-ResNet-18 unless ``--teacher``). The train loop is :func:`train.student.train_epoch`
+labels recorded by ``python -m wmdd.relabel`` from a teacher (a freshly initialised
+ResNet-18 unless ``--teacher``). The train loop is :func:`wmdd.train.student.train_epoch`
 fed by the stage's DataLoader (``--workers`` processes rebuilding the recorded
 crops, flips and CutMix from the PNG/JPEG files, soft-label lookup, sample
 weights); the bare loop replays the same views and targets already in memory
@@ -22,13 +22,13 @@ import time
 import torch
 
 from benchmarks.data import CACHE, REPO, cached_dataset
-from common.data import list_classes, split_dir
-from common.datasets import get_spec
-from common.distributed import DistContext
-from models import create_model
-from models.teacher import save_teacher
-from train.losses import kd_loss
-from train.student import StudentRun, build_parser, train_epoch
+from wmdd.data.folders import list_classes, split_dir
+from wmdd.data.datasets import get_spec
+from wmdd.runtime.distributed import DistContext
+from wmdd.models import create_model
+from wmdd.models.teacher import save_teacher
+from wmdd.train.losses import kd_loss
+from wmdd.train.student import StudentRun, build_parser, train_epoch
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
                          input_size=32, bn_stats=None, args={}, val=None)
     images = split_dir(root, "train")
     labels = work / "relabel"
-    subprocess.run([sys.executable, "-m", "relabel", "--teacher", str(teacher), "--images", str(images),
+    subprocess.run([sys.executable, "-m", "wmdd.relabel", "--teacher", str(teacher), "--images", str(images),
                     "--output-dir", str(labels), "--epochs", str(args.rounds + 1), "--batch-size",
                     str(args.batch_size), "--workers", str(args.workers)], cwd=REPO, check=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from common.prepare import extract
+from wmdd.data.prepare import extract
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real CIFAR-10 (JPEG): 20 train and 10 test images per class, committed (tests/data/README.md).
@@ -67,13 +67,13 @@ def cifar_root(tmp_path_factory) -> Path:
 def tiny_teacher(tmp_path_factory, cifar_root) -> Path:
     """A ResNet-18 teacher pretrained for 2 epochs on the CIFAR-10 subset (output directory)."""
     out = tmp_path_factory.mktemp("teacher") / "pretrain"
-    proc = run_module("pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "resnet18",
+    proc = run_module("wmdd.pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "resnet18",
                       "--epochs", 2, "--batch-size", 32, "--output-dir", out, "--workers", 0)
-    (out.parent / "pretrain.log").write_text(proc.stderr)
+    (out.parent / "wmdd.pretrain.log").write_text(proc.stderr)
     return out
 
 
-#: ``python -m pretrain --experts`` reduced for CPU tests: 1 epoch (paper: 60) on the
+#: ``python -m wmdd.pretrain --experts`` reduced for CPU tests: 1 epoch (paper: 60) on the
 #: 20-per-class subset, batch 32 (paper: 64); everything else is the paper's.
 EXPERT_FLAGS = ["--dataset", "cifar10", "--experts", "2", "--epochs", "1", "--batch-size", "32", "--workers", "0"]
 
@@ -82,6 +82,6 @@ EXPERT_FLAGS = ["--dataset", "cifar10", "--experts", "2", "--epochs", "1", "--ba
 def experts(tmp_path_factory, cifar_root) -> Path:
     """Two DANCE experts (convnet_in, 1 epoch) on the CIFAR-10 subset (pretrain output directory)."""
     out = tmp_path_factory.mktemp("experts") / "pretrain"
-    run_module("pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out,
+    run_module("wmdd.pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out,
                env={"OMP_NUM_THREADS": "1"})
     return out

@@ -18,25 +18,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bounds import Bounded
-from common.cli import run_main
+from wmdd.options.bounds import Bounded
+from wmdd.options.parsing import run_main
 from tests.conftest import run_module
 
 #: Every command-line parser of the toolkit with numeric options, by module.
 PARSERS = {
-    "pretrain": lambda: importlib.import_module("pretrain.__main__").build_parser(),
-    "recover": lambda: importlib.import_module("recover.options").build_parser(),
-    "relabel": lambda: importlib.import_module("relabel.__main__").build_parser(),
-    "train": lambda: importlib.import_module("train.student").build_parser(),
-    "tools.make_pseudo_labels": lambda: importlib.import_module("tools.make_pseudo_labels").build_parser(),
-    "common.prepare extract": lambda: _subparser(importlib.import_module("common.prepare").build_parser(), "extract"),
-    "common.prepare digits": lambda: _subparser(importlib.import_module("common.prepare").build_parser(), "digits"),
+    "pretrain": lambda: importlib.import_module("wmdd.pretrain.__main__").build_parser(),
+    "recover": lambda: importlib.import_module("wmdd.recover.options").build_parser(),
+    "relabel": lambda: importlib.import_module("wmdd.relabel.__main__").build_parser(),
+    "train": lambda: importlib.import_module("wmdd.train.student").build_parser(),
+    "wmdd.tools.make_pseudo_labels": lambda: importlib.import_module("wmdd.tools.make_pseudo_labels").build_parser(),
+    "wmdd.data.prepare extract": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(), "extract"),
+    "wmdd.data.prepare digits": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(), "digits"),
 }
 
 
 #: Arguments the parsers require, so that a parse fails only over the option under test.
-REQUIRED = {"tools.make_pseudo_labels": ["--checkpoint", "c", "--data-path", "d", "--output", "o"],
-            "common.prepare extract": ["archive.tar", "dest"], "common.prepare digits": ["dest"]}
+REQUIRED = {"wmdd.tools.make_pseudo_labels": ["--checkpoint", "c", "--data-path", "d", "--output", "o"],
+            "wmdd.data.prepare extract": ["archive.tar", "dest"], "wmdd.data.prepare digits": ["dest"]}
 
 
 @functools.cache
@@ -71,8 +71,8 @@ def finished(tiny_teacher, cifar_root, tmp_path_factory) -> dict[str, Path]:
     """A finished random-real recover run (IPC 2) and a 2-epoch relabel of it."""
     root = tmp_path_factory.mktemp("finished")
     recover, relabel = root / "recover", root / "relabel"
-    run_module("recover", *_recover_args(tiny_teacher, cifar_root, recover))
-    run_module("relabel", *_relabel_args(tiny_teacher, recover / "images", relabel))
+    run_module("wmdd.recover", *_recover_args(tiny_teacher, cifar_root, recover))
+    run_module("wmdd.relabel", *_relabel_args(tiny_teacher, recover / "images", relabel))
     return {"recover": recover, "relabel": relabel}
 
 
@@ -132,7 +132,7 @@ CASES = [
     ("input size 0", "recover", lambda c, t: ["--dataset", "cifar10", "--data-path", c["data"], "--output-dir",
                                               c["out"], "--method", "random-real", "--input-size", "0"],
      "argument --input-size: '0' is out of range: expected an integer >= 1"),
-    ("clusters 0", "tools.make_pseudo_labels", lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"],
+    ("clusters 0", "wmdd.tools.make_pseudo_labels", lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"],
                                                             "--output", c["out"] / "pl.csv", "--clusters", "0"],
      "argument --clusters: '0'"),
     ("yaml text for an integer", "train",
@@ -158,15 +158,15 @@ CASES = [
      lambda c, t: _relabel_args(c["teacher"], c["images"], _file(t) / "relabel"), "a_file is an existing file"),
     ("train output is a file", "train",
      lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], _file(t)), "is an existing file"),
-    ("prepare destination is a file", "common.prepare",
+    ("prepare destination is a file", "wmdd.data.prepare",
      lambda c, t: ["digits", _file(t)], "destination", ),
-    ("pseudo-label output is a directory", "tools.make_pseudo_labels",
+    ("pseudo-label output is a directory", "wmdd.tools.make_pseudo_labels",
      lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"], "--output", t],
      "is a directory; pass the CSV file to write"),
     ("relabel given the recover directory", "relabel",
      lambda c, t: _relabel_args(c["teacher"], c["images"].parent, c["out"]),
      "is a recover output directory, not an image folder; pass"),
-    ("malformed results file", "tools.summarize_run",
+    ("malformed results file", "wmdd.tools.summarize_run",
      lambda c, t: ["append", "--experiment-dir", c["out"], "--experiment", "x", "--results-csv",
                    _unreadable_results(t)], "results.csv: not a readable results file"),
 ]
@@ -291,8 +291,8 @@ def test_stale_recover_batches_are_redone_from_the_new_data(tiny_teacher, cifar_
 
 
 def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
-    from common.data import resolve_classes
-    from common.errors import UserError
+    from wmdd.data.folders import resolve_classes
+    from wmdd.errors import UserError
     train = cifar_root / "train"
     assert resolve_classes(None, train) is None
     assert resolve_classes("3", train) == ["airplane", "automobile", "bird"]
@@ -311,7 +311,7 @@ def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
 def test_an_edited_class_file_makes_a_finished_run_a_different_one(cifar_root, tmp_path, capsys):
     """--classes FILE is recorded by the names it lists: the same command after the file was
     edited is refused with the difference named, not reported as already finished."""
-    from common.data import recorded_classes
+    from wmdd.data.folders import recorded_classes
     names = tmp_path / "classes.txt"
     names.write_text("ship\ncat\n")
     assert recorded_classes(str(names), cifar_root) == ["cat", "ship"]

@@ -8,11 +8,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from common.data import image_folder, split_dir
-from common.errors import UserError
-from common.transforms import eval_transform
-from models.teacher import load_teacher
-from recover.barycenter import (
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.errors import UserError
+from wmdd.data.transforms import eval_transform
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.barycenter import (
     alternate,
     barycentric_update,
     class_barycenter,
@@ -21,7 +21,7 @@ from recover.barycenter import (
     w2_squared,
     weighted_barycenter,
 )
-from recover.features import extract_features
+from wmdd.recover.features import extract_features
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import STAGES, config_defaults, load_yaml_section
-from common.datasets import get_spec
-from common.errors import UserError
+from wmdd.options.config import STAGES, config_defaults, load_yaml_section
+from wmdd.data.datasets import get_spec
+from wmdd.errors import UserError
 
-PARSER_MODULES = {"pretrain": "pretrain.__main__", "recover": "recover.options", "relabel": "relabel.__main__",
-                  "train": "train.student"}
+PARSER_MODULES = {"pretrain": "wmdd.pretrain.__main__", "recover": "wmdd.recover.options", "relabel": "wmdd.relabel.__main__",
+                  "train": "wmdd.train.student"}
 VARIANTS = {"recover": "method", "train": "protocol"}
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "wmdd" / "configs").glob("*.yaml"))
 
 
 def test_presets_exist():

@@ -1,4 +1,4 @@
-"""DANCE on real CIFAR-10: experts (``python -m pretrain --experts``), middle encoders,
+"""DANCE on real CIFAR-10: experts (``python -m wmdd.pretrain --experts``), middle encoders,
 multi-formation, the dance evaluation preset and bad input.
 
 CPU reductions (tests/conftest.py ``EXPERT_FLAGS``): 2-3 experts of 1 epoch at batch
@@ -14,16 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config import parse_with_config
-from common.data import image_folder, load_image, split_dir
-from common.datasets import get_spec
-from common.multiformation import decode, encode
-from common.transforms import eval_transform
-from models.experts import interpolate_state, load_experts
-from common.views import cutmix_batch
-from recover.methods.dance import load_middle_encoder, pixel_space_gradient
+from wmdd.options.config import parse_with_config
+from wmdd.data.folders import image_folder, load_image, split_dir
+from wmdd.data.datasets import get_spec
+from wmdd.recover.multiformation import decode, encode
+from wmdd.data.transforms import eval_transform
+from wmdd.models.experts import interpolate_state, load_experts
+from wmdd.relabel.views import cutmix_batch
+from wmdd.recover.methods.dance import load_middle_encoder, pixel_space_gradient
 from tests.conftest import EXPERT_FLAGS, kill_when, run_module, torchrun
-from train.student import PROTOCOLS, build_parser
+from wmdd.train.student import PROTOCOLS, build_parser
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -131,21 +131,21 @@ def test_dance_protocol_is_the_dsa_protocol_with_cutmix_and_multiformation():
 
 def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path):
     rec = tmp_path / "recover"
-    run_module("recover", "--method", "dance", "--experts", experts, "--num-experts", "2", "--dataset", "cifar10",
+    run_module("wmdd.recover", "--method", "dance", "--experts", experts, "--num-experts", "2", "--dataset", "cifar10",
                "--data-path", cifar_root, "--output-dir", rec, "--workers", "0", "--ipc", "1", "--batch-size", "10",
                "--iterations", "2", "--batch-real", "8", env=ONE_THREAD)
     manifest = json.loads((rec / "manifest.json").read_text())
     assert manifest["factor"] == 2 and manifest["decoded_images"] == 40 and manifest["num_images"] == 10
     assert manifest["inputs"]["experts"]["sha256"] == load_experts(experts).sha256
     out = tmp_path / "train"
-    run_module("train", "--protocol", "dance", "--images", rec / "images", "--dataset", "cifar10", "--data-path",
+    run_module("wmdd.train", "--protocol", "dance", "--images", rec / "images", "--dataset", "cifar10", "--data-path",
                cifar_root, "--output-dir", out, "--workers", "0", "--epochs", "2", "--batch-size", "16",
                env=ONE_THREAD)
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "dance" and 0 <= results["top1"] <= 100
     assert (results["num_images"], results["training_images"]) == (10, 40)  # 10 stored, decoded into 4 each
     assert json.loads((out / "manifest.json").read_text())["args"]["factor"] == 2
-    proc = run_module("train", "--protocol", "dsa", "--factor", "1", "--images", rec / "images", "--dataset",
+    proc = run_module("wmdd.train", "--protocol", "dsa", "--factor", "1", "--images", rec / "images", "--dataset",
                       "cifar10", "--data-path", cifar_root, "--output-dir", tmp_path / "no-decode", "--workers", "0",
                       check=False)
     assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr
@@ -155,10 +155,10 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
         proc = run_module(module, "--images", rec / "images", "--output-dir", tmp_path / f"fkd-{module}", *flags,
                           check=False)
         assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr, proc.stderr
-        assert "python -m tools.decode_images" in proc.stderr and not (tmp_path / f"fkd-{module}").exists()
+        assert "python -m wmdd.tools.decode_images" in proc.stderr and not (tmp_path / f"fkd-{module}").exists()
 
     decoded = tmp_path / "decoded"
-    run_module("tools.decode_images", "--images", rec / "images", "--output-dir", decoded)
+    run_module("wmdd.tools.decode_images", "--images", rec / "images", "--output-dir", decoded)
     spec = get_spec("cifar10")
     manifest = json.loads((decoded / "manifest.json").read_text())
     assert (manifest["stage"], manifest["source_factor"], manifest["num_images"]) == ("decode", 2, 40)
@@ -170,23 +170,23 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     assert ((written - decode(stored, 2)) * std).abs().max() <= 0.5 / 255 + 1e-5  # 8-bit rounding only
     out = tmp_path / "fkd-decoded"
-    run_module("train", "--hard-labels", "--images", decoded / "images", "--dataset", "cifar10", "--data-path",
+    run_module("wmdd.train", "--hard-labels", "--images", decoded / "images", "--dataset", "cifar10", "--data-path",
                cifar_root, "--output-dir", out, "--workers", "0", "--epochs", "1", "--batch-size", "20",
                env=ONE_THREAD)
     assert json.loads((out / "results.json").read_text())["protocol"] == "fkd"
-    proc = run_module("tools.decode_images", "--images", decoded / "images", "--output-dir", tmp_path / "again",
+    proc = run_module("wmdd.tools.decode_images", "--images", decoded / "images", "--output-dir", tmp_path / "again",
                       check=False)
     assert proc.returncode == 2 and "not a multi-formation set" in proc.stderr
-    proc = run_module("tools.decode_images", "--images", rec / "images", "--output-dir", rec / "decoded", check=False)
+    proc = run_module("wmdd.tools.decode_images", "--images", rec / "images", "--output-dir", rec / "decoded", check=False)
     assert proc.returncode == 2 and "inside the recover run" in proc.stderr and not (rec / "decoded").exists()
-    proc = run_module("tools.decode_images", "--images", tmp_path / "none" / "images", "--output-dir",
+    proc = run_module("wmdd.tools.decode_images", "--images", tmp_path / "none" / "images", "--output-dir",
                       tmp_path / "d2", check=False)
     assert proc.returncode == 2 and "not a multi-formation set" not in proc.stderr and "none" in proc.stderr
 
 
 def test_random_real_with_factor_2_is_dance_s_starting_point(cifar_root, tmp_path):
     rec = tmp_path / "rr-f2"
-    run_module("recover", "--method", "random-real", "--factor", "2", "--dataset", "cifar10", "--data-path",
+    run_module("wmdd.recover", "--method", "random-real", "--factor", "2", "--dataset", "cifar10", "--data-path",
                cifar_root, "--output-dir", rec, "--workers", "0", "--ipc", "2")
     manifest = json.loads((rec / "manifest.json").read_text())
     assert (manifest["factor"], manifest["decoded_images"], manifest["num_images"]) == (2, 80, 20)
@@ -201,7 +201,7 @@ def test_random_real_with_factor_2_is_dance_s_starting_point(cifar_root, tmp_pat
 
 
 def _dance(experts_path, cifar_root, out, *extra):
-    return run_module("recover", "--method", "dance", "--experts", experts_path, "--dataset", "cifar10",
+    return run_module("wmdd.recover", "--method", "dance", "--experts", experts_path, "--dataset", "cifar10",
                       "--data-path", cifar_root, "--output-dir", out, "--workers", "0", "--ipc", "1",
                       "--iterations", "1", "--num-experts", "2", *extra, check=False, env=ONE_THREAD)
 
@@ -249,7 +249,7 @@ def test_bad_experts_are_refused_without_a_manifest(case, expect, experts, cifar
         extra = ["--num-experts", "3"]
     out = tmp_path / "out"
     if case == "no experts flag":
-        proc = run_module("recover", "--method", "dance", "--dataset", "cifar10", "--data-path", cifar_root,
+        proc = run_module("wmdd.recover", "--method", "dance", "--dataset", "cifar10", "--data-path", cifar_root,
                           "--output-dir", out, check=False)
     else:
         proc = _dance(path, cifar_root, out, *extra)
@@ -260,7 +260,7 @@ def test_bad_experts_are_refused_without_a_manifest(case, expect, experts, cifar
 
 def test_zero_experts_is_refused(cifar_root, tmp_path):
     out = tmp_path / "out"
-    proc = run_module("pretrain", "--experts", "0", "--data-path", cifar_root, "--output-dir", out, check=False)
+    proc = run_module("wmdd.pretrain", "--experts", "0", "--data-path", cifar_root, "--output-dir", out, check=False)
     assert proc.returncode == 2 and "argument --experts: '0' is out of range: expected an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
 
@@ -282,18 +282,18 @@ def _same_experts(a, b):
 def test_pretrain_experts_resume_after_sigkill_at_the_expert_being_trained(cifar_root, tmp_path):
     flags = [f if f != "2" else "3" for f in EXPERT_FLAGS]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run_module("pretrain", *flags, "--data-path", cifar_root, "--output-dir", full, env=ONE_THREAD)
-    cmd = [sys.executable, "-m", "pretrain", *flags, "--data-path", str(cifar_root), "--output-dir", str(killed)]
+    run_module("wmdd.pretrain", *flags, "--data-path", cifar_root, "--output-dir", full, env=ONE_THREAD)
+    cmd = [sys.executable, "-m", "wmdd.pretrain", *flags, "--data-path", str(cifar_root), "--output-dir", str(killed)]
     kill_when(cmd, killed / "progress" / "expert_0000.pt", ONE_THREAD)
     assert not (killed / "manifest.json").exists() and not (killed / "experts.pt").exists()
     done = len(list((killed / "progress").glob("expert_*.pt")))
     assert 1 <= done < 3
-    resumed = run_module("pretrain", *flags, "--data-path", cifar_root, "--output-dir", killed, env=ONE_THREAD)
+    resumed = run_module("wmdd.pretrain", *flags, "--data-path", cifar_root, "--output-dir", killed, env=ONE_THREAD)
     assert f"{3 - done} to do on this rank" in resumed.stderr
     _same_experts(full, killed)
 
 
 def test_pretrain_experts_under_two_rank_torchrun_equal_one_rank(experts, cifar_root, tmp_path):
     out = tmp_path / "ddp"
-    torchrun(2, "pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out)
+    torchrun(2, "wmdd.pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out)
     _same_experts(experts, out)

@@ -1,4 +1,4 @@
-"""Differentiable Siamese Augmentation (common/dsa.py) on real CIFAR-10 images."""
+"""Differentiable Siamese Augmentation (wmdd/recover/dsa.py) on real CIFAR-10 images."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.datasets import get_spec
-from common.dsa import FAMILIES, DSADraw, DSAParams, apply_draw, augment, draw_params, siamese
-from common.errors import UserError
-from common.transforms import pixel_bounds, to_normalized_tensor
+from wmdd.data.datasets import get_spec
+from wmdd.recover.dsa import FAMILIES, DSADraw, DSAParams, apply_draw, augment, draw_params, siamese
+from wmdd.errors import UserError
+from wmdd.data.transforms import pixel_bounds, to_normalized_tensor
 
 SIDE = 32
 

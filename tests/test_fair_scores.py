@@ -1,7 +1,7 @@
 """Fair scores (improvement over random real under identical labels and budgets) from real
-runs: benchmarks/distill.sh adds random real and prints the table, ``tools.summarize_run
-table --baseline`` (what ``make demo`` prints), ``tools.fair_scores.fair_table`` on
-``results.json`` files and ``tools.plot_results``' improvement annotations."""
+runs: benchmarks/distill.sh adds random real and prints the table, ``wmdd.tools.summarize_run
+table --baseline`` (what ``make demo`` prints), ``wmdd.tools.fair_scores.fair_table`` on
+``results.json`` files and ``wmdd.tools.plot_results``' improvement annotations."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_module
-from tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
-from tools.plot_results import improvements
-from tools.summarize_run import format_summary, variant as variant_name
+from wmdd.tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
+from wmdd.tools.plot_results import improvements
+from wmdd.tools.summarize_run import format_summary, variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
 RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults (the variant name leaves out r_bn)
@@ -28,7 +28,7 @@ def bench(cifar_root, tmp_path_factory):
     method keeps its own recover budget (run.sh -g's 5 iterations)."""
     tmp = tmp_path_factory.mktemp("fair")
     teacher = tmp / "teacher"
-    run_module("pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet", "--epochs", 1,
+    run_module("wmdd.pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet", "--epochs", 1,
                "--batch-size", 32, "--output-dir", teacher, "--workers", 0, "--device", "cpu")
     out = tmp / "bench"
     proc = subprocess.run([str(REPO / "benchmarks" / "distill.sh"), "-d", "cifar10", "-t", str(teacher),
@@ -95,7 +95,7 @@ def test_distill_sh_dsa_protocol_trains_its_own_student_unless_e_is_given(bench,
 
 def test_summarize_table_prints_the_difference_to_the_baseline(bench):
     out, _ = bench
-    proc = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
+    proc = run_module("wmdd.tools.summarize_run", "table", "--results-csv", out / "results.csv",
                       "--baseline", "random-real-ipc2-s0", "wmdd-ipc2-s0", "wmdd-ipc2-s1")
     lines = proc.stdout.splitlines()
     assert lines[0].endswith("  vs random-real-ipc2-s0")
@@ -103,7 +103,7 @@ def test_summarize_table_prints_the_difference_to_the_baseline(bench):
     assert re.search(rf"wmdd-ipc2-s0 +{re.escape(RECIPE)} +2 .*%  {re.escape(f'{diff:+.2f}')}$", lines[1]), lines[1]
     assert lines[2].endswith("  n/a: seed 1 vs 0")  # another seed is not a fair comparison
     assert lines[3].startswith("random-real-ipc2-s0") and lines[3].endswith("  (baseline)")
-    missing = run_module("tools.summarize_run", "table", "--results-csv", out / "results.csv",
+    missing = run_module("wmdd.tools.summarize_run", "table", "--results-csv", out / "results.csv",
                          "--baseline", "nothing", "wmdd-ipc2-s0", check=False)
     assert missing.returncode == 2 and "no row for experiment 'nothing'; run it first" in missing.stderr
 
@@ -128,10 +128,10 @@ def test_fair_table_on_results_json_of_real_runs(bench, tmp_path):
     one = one[~((one["variant"] == "random-real") & (one["seed"] == 1))]
     assert fair_table(one).set_index("variant").loc["wmdd", "vs random real"] == f"{d[0]:+.2f}"
     # another baseline: random real paired with wmdd (the negated differences), from the CLI
-    proc = run_module("tools.fair_scores", tmp_path, "--baseline", "wmdd")
+    proc = run_module("wmdd.tools.fair_scores", tmp_path, "--baseline", "wmdd")
     row = [line for line in proc.stdout.splitlines() if "| random-real |" in line][0]
     assert "vs wmdd" in proc.stdout and row.endswith(f"| {-d.mean():+.2f} +- {d.std(ddof=1):.2f} |")
-    proc = run_module("tools.fair_scores", tmp_path, "--baseline", "random-real-f2", check=False)
+    proc = run_module("wmdd.tools.fair_scores", tmp_path, "--baseline", "random-real-f2", check=False)
     assert proc.returncode == 2 and "--baseline random-real-f2: no such variant" in proc.stderr
 
 
@@ -143,15 +143,15 @@ def test_results_csv_pairs_match_results_json_and_the_plot_annotations(bench, tm
     gains = improvements(pd.read_csv(out / "results.csv")).set_index("variant")
     assert list(gains.index) == [RECIPE] and gains.loc[RECIPE, "count"] == 2
     assert abs(gains.loc[RECIPE, "mean"] - _diffs(out).mean()) < 1e-9
-    proc = run_module("tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
+    proc = run_module("wmdd.tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
     assert "methods_cifar10_ipc2.png" in proc.stdout
     assert (tmp_path / "plots" / "methods_cifar10_ipc2.png").stat().st_size > 5000
 
 
 def test_fair_scores_cli_needs_exactly_one_input(tmp_path):
-    proc = run_module("tools.fair_scores", check=False)
+    proc = run_module("wmdd.tools.fair_scores", check=False)
     assert proc.returncode == 2 and "pass either a benchmark output directory or --csv" in proc.stderr
-    proc = run_module("tools.fair_scores", "--csv", tmp_path / "none.csv", check=False)
+    proc = run_module("wmdd.tools.fair_scores", "--csv", tmp_path / "none.csv", check=False)
     assert proc.returncode == 2 and "none.csv: results file not found" in proc.stderr
 
 

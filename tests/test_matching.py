@@ -1,4 +1,4 @@
-"""DM / Decomposed-DM losses (recover/matching.py) against brute-force computations
+"""DM / Decomposed-DM losses (wmdd/recover/matching.py) against brute-force computations
 on real CIFAR-10 images through a randomly initialised convnet_in."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.data import image_folder, split_dir
-from common.datasets import get_spec
-from common.dsa import DSAParams, siamese
-from common.transforms import eval_transform
-from models import create_model
-from models.convnet import block_outputs
-from recover.matching import (class_gram, class_moments, correlation_loss, icd_loss, icd_neighbours,
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.datasets import get_spec
+from wmdd.recover.dsa import DSAParams, siamese
+from wmdd.data.transforms import eval_transform
+from wmdd.models import create_model
+from wmdd.models.convnet import block_outputs
+from wmdd.recover.matching import (class_gram, class_moments, correlation_loss, icd_loss, icd_neighbours,
                               mean_embedding_loss, moments_loss)
 
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from common.data import image_folder, load_image, split_dir
-from common.errors import UserError
-from common.multiformation import encode
-from common.transforms import eval_transform
-from models.teacher import load_teacher
-from recover.barycenter import exact_barycenter
-from recover.features import extract_features
-from recover.medoids import medoid_assignment
+from wmdd.data.folders import image_folder, load_image, split_dir
+from wmdd.errors import UserError
+from wmdd.recover.multiformation import encode
+from wmdd.data.transforms import eval_transform
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.barycenter import exact_barycenter
+from wmdd.recover.features import extract_features
+from wmdd.recover.medoids import medoid_assignment
 from tests.conftest import run_module
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -77,7 +77,7 @@ def test_assignment_refuses_bad_shapes_and_too_many_points(class_features):
 
 
 def _recover(teacher, root, out, *flags):
-    return run_module("recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
+    return run_module("wmdd.recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
                       "--ipc", "2", "--batch-size", "4", *flags, env=ONE_THREAD)
 
 
@@ -169,7 +169,7 @@ def test_medoids_with_factor_2_tile_the_medoids_of_four_support_points_per_image
     (["--method", "medoids", "--init", "real"], "--init real does not apply to --method medoids (it accepts medoid)"),
 ])
 def test_init_outside_the_methods_choices_is_refused(flags, expect, tiny_teacher, cifar_root, tmp_path):
-    proc = run_module("recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir",
+    proc = run_module("wmdd.recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir",
                       tmp_path / "out", *flags, check=False)
     assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.datasets import get_spec
-from common.errors import UserError
-from models import (block_outputs, create_model, forward_with_features, model_names, parse_model_kwargs,
+from wmdd.data.datasets import get_spec
+from wmdd.errors import UserError
+from wmdd.models import (block_outputs, create_model, forward_with_features, model_names, parse_model_kwargs,
                     penultimate_features)
 
 

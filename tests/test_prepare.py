@@ -1,4 +1,4 @@
-"""``python -m common.prepare``: archive extraction, digits, Tiny-ImageNet layout."""
+"""``python -m wmdd.data.prepare``: archive extraction, digits, Tiny-ImageNet layout."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import load_splits
-from common.errors import UserError
-from common.prepare import build_digits, extract, reorganize_tiny_imagenet
+from wmdd.data.folders import load_splits
+from wmdd.errors import UserError
+from wmdd.data.prepare import build_digits, extract, reorganize_tiny_imagenet
 from tests.conftest import CIFAR10_MINI, run_module
 
 
@@ -57,10 +57,10 @@ def test_extract_refuses_paths_outside_the_destination(cifar_root, tmp_path):
 
 
 def test_prepare_cli_errors_name_the_archive(tmp_path):
-    proc = run_module("common.prepare", "extract", tmp_path / "none.tar.gz", tmp_path / "x", check=False)
+    proc = run_module("wmdd.data.prepare", "extract", tmp_path / "none.tar.gz", tmp_path / "x", check=False)
     assert proc.returncode == 2 and f"{tmp_path / 'none.tar.gz'}: archive not found" in proc.stderr
     (tmp_path / "bad.tar.gz").write_bytes(b"not a tarball")
-    proc = run_module("common.prepare", "extract", tmp_path / "bad.tar.gz", tmp_path / "x", check=False)
+    proc = run_module("wmdd.data.prepare", "extract", tmp_path / "bad.tar.gz", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "cannot read archive" in proc.stderr
 
 
@@ -167,7 +167,7 @@ def _tree(root):
 def test_extract_official_tiny_imagenet_zip_in_one_step(tmp_path):
     val_labels = _write_tiny_imagenet_zip(tmp_path / "tiny-imagenet-200.zip")
     dest = tmp_path / "tiny-imagenet"
-    proc = run_module("common.prepare", "extract", tmp_path / "tiny-imagenet-200.zip", dest)
+    proc = run_module("wmdd.data.prepare", "extract", tmp_path / "tiny-imagenet-200.zip", dest)
     assert f"prepared {dest}" in proc.stderr
     assert _tree(dest) == sorted([".prepared.json"] + [f"train/{w}/{w}_{i}.JPEG" for w in TINY_WNIDS for i in range(3)]
                                  + [f"val/{w}/{f}" for f, w in val_labels.items()])
@@ -178,7 +178,7 @@ def test_extract_official_tiny_imagenet_zip_in_one_step(tmp_path):
     assert train.classes == val.classes == list(TINY_WNIDS)
     assert [t for _, t in val.samples] == [0, 0, 1, 1, 2, 2] and len(train) == 9
     before = _tree(dest)
-    run_module("common.prepare", "tiny-imagenet", dest)  # the old follow-up step only checks the tree now
+    run_module("wmdd.data.prepare", "tiny-imagenet", dest)  # the old follow-up step only checks the tree now
     assert _tree(dest) == before
     sub = extract(tmp_path / "tiny-imagenet-200.zip", tmp_path / "sub", train_per_class=2, val_per_class=1)
     assert [len(list((sub / s / w).iterdir())) for s in ("train", "val") for w in TINY_WNIDS] == [2, 2, 2, 1, 1, 1]
@@ -187,7 +187,7 @@ def test_extract_official_tiny_imagenet_zip_in_one_step(tmp_path):
 def test_extract_refuses_tiny_imagenet_whose_val_classes_differ(tmp_path):
     _write_tiny_imagenet_zip(tmp_path / "t.zip", val_wnids=TINY_WNIDS[:2])
     dest = tmp_path / "tiny"
-    proc = run_module("common.prepare", "extract", tmp_path / "t.zip", dest, check=False)
+    proc = run_module("wmdd.data.prepare", "extract", tmp_path / "t.zip", dest, check=False)
     assert proc.returncode == 2
     assert f"{tmp_path / 't.zip'}: val/: classes differ from the train split's (missing: {TINY_WNIDS[2]}; " \
            "unexpected: none)" in proc.stderr
@@ -209,7 +209,7 @@ def test_tiny_imagenet_step_on_a_hand_unzipped_tree_matches_extract(tmp_path):
     with zipfile.ZipFile(tmp_path / "t.zip") as zf:
         zf.extractall(tmp_path / "unzipped")
     root = tmp_path / "unzipped" / "tiny-imagenet-200"
-    run_module("common.prepare", "tiny-imagenet", root)
+    run_module("wmdd.data.prepare", "tiny-imagenet", root)
     extracted = extract(tmp_path / "t.zip", tmp_path / "extracted")
     hand, one_step = load_splits(root), load_splits(extracted)
     for a, b in zip(hand, one_step):
@@ -224,7 +224,7 @@ def test_tiny_imagenet_step_refuses_val_classes_that_differ_and_moves_nothing(tm
         zf.extractall(tmp_path / "unzipped")
     root = tmp_path / "unzipped" / "tiny-imagenet-200"
     before = _tree(root)
-    proc = run_module("common.prepare", "tiny-imagenet", root, check=False)
+    proc = run_module("wmdd.data.prepare", "tiny-imagenet", root, check=False)
     assert proc.returncode == 2
     assert f"{root / 'val'}/: classes differ from the train split's (missing: {TINY_WNIDS[0]}; unexpected: none)" \
         in proc.stderr

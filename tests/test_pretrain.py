@@ -1,4 +1,4 @@
-"""``python -m pretrain`` on real CIFAR-10: outputs, resume after SIGKILL, torchrun, bad input."""
+"""``python -m wmdd.pretrain`` on real CIFAR-10: outputs, resume after SIGKILL, torchrun, bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from models.teacher import load_teacher
+from wmdd.models.teacher import load_teacher
 from tests.conftest import REPO, run_module, torchrun
 
 SMALL = ["--model", "convnet", "--model-kwargs", "width=16", "--batch-size", "32"]
@@ -37,7 +37,7 @@ def test_pretrain_writes_teacher_manifest_and_metrics(tiny_teacher):
     assert 0 <= manifest["val"]["top1"] <= 100
     lines = [json.loads(x) for x in (tiny_teacher / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1] and all("val_top1" in x for x in lines)
-    assert "val top-1" in (tiny_teacher.parent / "pretrain.log").read_text()
+    assert "val top-1" in (tiny_teacher.parent / "wmdd.pretrain.log").read_text()
     teacher = load_teacher(tiny_teacher)
     assert teacher.val == manifest["val"] and teacher.input_size == 32
 
@@ -46,10 +46,10 @@ def test_finished_run_is_skipped_and_other_arguments_refused(tiny_teacher, cifar
     args = ["--dataset", "cifar10", "--data-path", cifar_root, "--model", "resnet18", "--epochs", 2,
             "--batch-size", 32, "--output-dir", tiny_teacher]
     before = (tiny_teacher / "teacher.pt").stat().st_mtime_ns
-    proc = run_module("pretrain", *args, "--workers", 1)
+    proc = run_module("wmdd.pretrain", *args, "--workers", 1)
     assert "already finished" in proc.stderr
     assert (tiny_teacher / "teacher.pt").stat().st_mtime_ns == before
-    proc = run_module("pretrain", *args[:-2], "--lr", "0.1", "--output-dir", tiny_teacher, check=False)
+    proc = run_module("wmdd.pretrain", *args[:-2], "--lr", "0.1", "--output-dir", tiny_teacher, check=False)
     assert proc.returncode == 2 and "different arguments is already there (lr: 0.025 there, 0.1 now)" in proc.stderr
 
 
@@ -59,9 +59,9 @@ def _state(out):
 
 def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
     epochs = "4"
-    run_module("pretrain", *_pretrain_args(cifar_root, tmp_path / "full", "--epochs", epochs))
+    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, tmp_path / "full", "--epochs", epochs))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
+    proc = subprocess.Popen([sys.executable, "-m", "wmdd.pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -71,7 +71,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
     assert not (killed / "manifest.json").exists()
     done = torch.load(killed / "last.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 1 <= done < int(epochs)
-    run_module("pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs))
+    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs))
     a, b = _state(tmp_path / "full"), _state(killed)
     assert a.keys() == b.keys()
     for k in a:
@@ -81,9 +81,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
 
 
 def test_torchrun_statistics_equal_a_single_process_pass(cifar_root, tmp_path):
-    torchrun(2, "pretrain", *_pretrain_args(cifar_root, tmp_path / "ddp", "--epochs", "1", "--workers", "0"))
+    torchrun(2, "wmdd.pretrain", *_pretrain_args(cifar_root, tmp_path / "ddp", "--epochs", "1", "--workers", "0"))
     assert (tmp_path / "ddp" / "manifest.json").exists()
-    run_module("pretrain", "--stats-only", "--teacher", tmp_path / "ddp" / "teacher.pt",
+    run_module("wmdd.pretrain", "--stats-only", "--teacher", tmp_path / "ddp" / "teacher.pt",
                *_pretrain_args(cifar_root, tmp_path / "single", "--workers", "0"))
     a = torch.load(tmp_path / "ddp" / "teacher.pt", weights_only=True)["bn_stats"]
     b = torch.load(tmp_path / "single" / "teacher.pt", weights_only=True)["bn_stats"]
@@ -94,18 +94,18 @@ def test_torchrun_statistics_equal_a_single_process_pass(cifar_root, tmp_path):
 
 
 def test_stats_only_accepts_a_plain_torchvision_state_dict(cifar_root, tmp_path):
-    from models import create_model
+    from wmdd.models import create_model
 
     torch.manual_seed(1)
     model = create_model("resnet18", num_classes=10, dataset="cifar10")
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "weights.pth")
     out = tmp_path / "stats"
-    run_module("pretrain", "--stats-only", "--teacher", tmp_path / "weights.pth", "--dataset", "cifar10",
+    run_module("wmdd.pretrain", "--stats-only", "--teacher", tmp_path / "weights.pth", "--dataset", "cifar10",
                "--data-path", cifar_root, "--model", "resnet18", "--output-dir", out, "--workers", "0")
     teacher = load_teacher(out, require_bn_stats=True)
     for k, v in model.state_dict().items():
         assert torch.equal(teacher.model.state_dict()[k], v)
-    proc = run_module("pretrain", "--stats-only", "--teacher", tmp_path / "weights.pth", "--dataset", "cifar10",
+    proc = run_module("wmdd.pretrain", "--stats-only", "--teacher", tmp_path / "weights.pth", "--dataset", "cifar10",
                       "--data-path", cifar_root, "--model", "resnet50", "--output-dir", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "weights do not fit model 'resnet50'" in proc.stderr
     assert str(tmp_path / "weights.pth") in proc.stderr
@@ -114,11 +114,11 @@ def test_stats_only_accepts_a_plain_torchvision_state_dict(cifar_root, tmp_path)
 def test_yaml_config_precedence_and_unknown_keys(cifar_root, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"pretrain": {"epochs": 1, "lr": 0.5, "wd": 0.001}, "recover": {"ipc": 3}}))
-    run_module("pretrain", "--config", cfg, "--lr", "0.1", *_pretrain_args(cifar_root, tmp_path / "o"))
+    run_module("wmdd.pretrain", "--config", cfg, "--lr", "0.1", *_pretrain_args(cifar_root, tmp_path / "o"))
     resolved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
     assert (resolved["epochs"], resolved["lr"], resolved["wd"]) == (1, 0.1, 0.001)
     cfg.write_text(yaml.safe_dump({"pretrain": {"epoch": 1}}))
-    proc = run_module("pretrain", "--config", cfg, *_pretrain_args(cifar_root, tmp_path / "p"), check=False)
+    proc = run_module("wmdd.pretrain", "--config", cfg, *_pretrain_args(cifar_root, tmp_path / "p"), check=False)
     assert proc.returncode == 2 and f"{cfg}: unknown pretrain setting 'epoch'" in proc.stderr
 
 
@@ -146,7 +146,7 @@ def _broken_copy(cifar_root, tmp_path, case):
 def test_bad_input_exits_non_zero_naming_the_path(cifar_root, tmp_path, case):
     root, path = _broken_copy(cifar_root, tmp_path, case)
     out = tmp_path / "out"
-    proc = run_module("pretrain", *_pretrain_args(root, out, "--epochs", "1", "--workers", "2"), check=False)
+    proc = run_module("wmdd.pretrain", *_pretrain_args(root, out, "--epochs", "1", "--workers", "2"), check=False)
     assert proc.returncode == 2, proc.stderr
     assert path in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -154,7 +154,7 @@ def test_bad_input_exits_non_zero_naming_the_path(cifar_root, tmp_path, case):
 
 
 def test_unknown_dataset_exits_non_zero(cifar_root, tmp_path):
-    proc = run_module("pretrain", "--dataset", "cifar11", "--data-path", cifar_root, "--output-dir", tmp_path / "o",
+    proc = run_module("wmdd.pretrain", "--dataset", "cifar11", "--data-path", cifar_root, "--output-dir", tmp_path / "o",
                       check=False)
     assert proc.returncode == 2 and "unknown dataset 'cifar11'" in proc.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import UserError
+from wmdd.errors import UserError
 from tests.conftest import run_module
-from train.pseudo_labels import parse_pseudo_label_csv
+from wmdd.train.pseudo_labels import parse_pseudo_label_csv
 
 CLASSES = ["cat", "dog", "frog"]
 PER_CLASS = 4
@@ -141,10 +141,10 @@ def test_pseudo_labels_equal_to_folder_labels_match_hard_label_training(cifar_ro
     common = ["--train-dir", cifar_root / "train", "--data-path", cifar_root, "--dataset", "cifar10",
               "--model", "convnet", "--model-kwargs", "width=16", "--epochs", "2", "--batch-size", "32",
               "--workers", "2", "--seed", "3"]
-    proc = run_module("train", *common, "--pseudo-label-csv", csv, "--output-dir", tmp_path / "pl")
+    proc = run_module("wmdd.train", *common, "--pseudo-label-csv", csv, "--output-dir", tmp_path / "pl")
     assert "200 train images matched, 0 unmatched" in proc.stderr
     assert "agreement with folder labels 100.00%" in proc.stderr
-    run_module("train", *common, "--hard-labels", "--output-dir", tmp_path / "hard")
+    run_module("wmdd.train", *common, "--hard-labels", "--output-dir", tmp_path / "hard")
     a = json.loads((tmp_path / "pl" / "results.json").read_text())
     b = json.loads((tmp_path / "hard" / "results.json").read_text())
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
@@ -154,7 +154,7 @@ def test_pseudo_labels_equal_to_folder_labels_match_hard_label_training(cifar_ro
 def test_bad_csv_fails_the_train_command_with_the_row(cifar_root, tmp_path):
     csv = tmp_path / "labels.csv"
     pd.DataFrame([{"image_path": "train/cat/nope.jpg", "pseudo_label_class_index": 1}]).to_csv(csv, index=False)
-    proc = run_module("train", "--train-dir", cifar_root / "train", "--data-path", cifar_root, "--dataset", "cifar10",
+    proc = run_module("wmdd.train", "--train-dir", cifar_root / "train", "--data-path", cifar_root, "--dataset", "cifar10",
                       "--pseudo-label-csv", csv, "--output-dir", tmp_path / "o", check=False)
     assert proc.returncode == 2 and f"{csv}: row 1 (line 2)" in proc.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -1,4 +1,4 @@
-"""``python -m recover`` on real CIFAR-10 with the tiny teacher: WMDD synthesis, presets, bad input.
+"""``python -m wmdd.recover`` on real CIFAR-10 with the tiny teacher: WMDD synthesis, presets, bad input.
 
 Resume after SIGKILL and ``torchrun`` sharding are checked for every registered method
 in tests/test_recover_methods.py."""
@@ -14,17 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from common.data import image_folder, split_dir
-from common.training import derive_seed
-from common.transforms import eval_transform, to_normalized_tensor
-from models import penultimate_features
-from models.teacher import load_teacher
-from recover.batches import class_batches
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.runtime.training import derive_seed
+from wmdd.data.transforms import eval_transform, to_normalized_tensor
+from wmdd.models import penultimate_features
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.batches import class_batches
 from tests.conftest import run_module
 
 
 def _recover(teacher, root, out, *extra, check=True, env=None):
-    return run_module("recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
+    return run_module("wmdd.recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
                       *extra, check=check, env=env)
 
 

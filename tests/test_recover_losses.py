@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.data import image_folder, split_dir
-from common.transforms import eval_transform
-from models.bn_stats import BNInputCapture
-from models.teacher import load_teacher
-from recover.losses import RecoverObjective, feature_matching_loss, group_moments
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.transforms import eval_transform
+from wmdd.models.bn_stats import BNInputCapture
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.losses import RecoverObjective, feature_matching_loss, group_moments
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Every registered recover method through ``python -m recover`` on real CIFAR-10:
+"""Every registered recover method through ``python -m wmdd.recover`` on real CIFAR-10:
 artifacts, resume after SIGKILL, ``torchrun`` sharding; the WMDD family's
 outputs match a committed reference within a stated tolerance; bad input is refused before
 anything is written."""
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models import create_model
-from models.teacher import load_teacher
-from recover.methods import get_method, method_names
+from wmdd.models import create_model
+from wmdd.models.teacher import load_teacher
+from wmdd.recover.methods import get_method, method_names
 from tests.conftest import kill_when, run_module, torchrun
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -28,7 +28,7 @@ METHOD_FLAGS = {"dm": ["--batch-real", "8"], "ddm": ["--batch-real", "8"],
 
 
 def _recover(teacher, root, out, *extra, check=True, env=None):
-    return run_module("recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
+    return run_module("wmdd.recover", "--teacher", teacher, "--data-path", root, "--output-dir", out, "--workers", "0",
                       *extra, check=check, env=env)
 
 
@@ -79,7 +79,7 @@ def test_method_writes_images_grid_and_manifest(method_run, tiny_teacher):
 def test_method_resumes_after_sigkill_with_identical_images(method_run, tiny_teacher, cifar_root, tmp_path):
     method, full, flags = method_run
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recover", "--teacher", str(tiny_teacher), "--data-path", str(cifar_root),
+    cmd = [sys.executable, "-m", "wmdd.recover", "--teacher", str(tiny_teacher), "--data-path", str(cifar_root),
            "--output-dir", str(out), "--workers", "0", *flags]
     kill_when(cmd, out / "progress" / "batch_00001.json", ONE_THREAD)
     if (out / "manifest.json").exists():
@@ -93,7 +93,7 @@ def test_method_resumes_after_sigkill_with_identical_images(method_run, tiny_tea
 def test_method_under_two_rank_torchrun_equals_one_rank(method_run, tiny_teacher, cifar_root, tmp_path):
     method, full, flags = method_run
     out = tmp_path / "ddp"
-    torchrun(2, "recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
+    torchrun(2, "wmdd.recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
              "--workers", "0", *flags)
     assert (out / "manifest.json").exists()
     _same_images(full, out, load_teacher(tiny_teacher).classes)
@@ -107,7 +107,7 @@ def init_teacher(cifar_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("init-teacher")
     torch.manual_seed(0)
     torch.save(create_model("resnet18", num_classes=10, dataset="cifar10").state_dict(), out / "weights.pth")
-    run_module("pretrain", "--stats-only", "--teacher", out / "weights.pth", "--model", "resnet18", "--dataset",
+    run_module("wmdd.pretrain", "--stats-only", "--teacher", out / "weights.pth", "--model", "resnet18", "--dataset",
                "cifar10", "--data-path", cifar_root, "--output-dir", out / "teacher", "--workers", "0",
                env=ONE_THREAD)
     return out / "teacher"
@@ -161,7 +161,7 @@ def test_wmdd_family_images_match_the_committed_reference(case, init_teacher, ci
 
 def test_dm_runs_without_a_teacher(cifar_root, tmp_path):
     out = tmp_path / "dm"
-    run_module("recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out, "--workers", "0",
+    run_module("wmdd.recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out, "--workers", "0",
                "--method", "dm", "--ipc", "1", "--iterations", "2", "--batch-real", "4")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] is None and manifest["inputs"] == {} and manifest["num_images"] == 10
@@ -185,7 +185,7 @@ def test_bad_method_input_is_refused_before_anything_is_written(case, flags, exp
     out = tmp_path / "out"
     teacher = [] if "--no-teacher" in flags else ["--teacher", tiny_teacher]
     flags = [f for f in flags if f != "--no-teacher"]
-    proc = run_module("recover", *teacher, "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out,
+    proc = run_module("wmdd.recover", *teacher, "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out,
                       "--workers", "0", "--iterations", "1", *flags, check=False)
     assert proc.returncode == 2, proc.stderr
     assert expect in proc.stderr

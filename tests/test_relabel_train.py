@@ -18,27 +18,27 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
-from common.datasets import DatasetSpec
-from common.errors import UserError
-from common.soft_labels import SoftLabels, dense_logits
-from common.views import DrawnEpochs, EpochPlan, PlannedBatches, ViewSettings, image_sizes, plan_epoch
-from models.teacher import load_teacher
+from wmdd.data.datasets import DatasetSpec
+from wmdd.errors import UserError
+from wmdd.relabel.soft_labels import SoftLabels, dense_logits
+from wmdd.relabel.views import DrawnEpochs, EpochPlan, PlannedBatches, ViewSettings, image_sizes, plan_epoch
+from wmdd.models.teacher import load_teacher
 from tests.conftest import REPO, run_module, torchrun
-from train.data import load_image_set
-from train.losses import kd_loss, mixed_cross_entropy
+from wmdd.train.data import load_image_set
+from wmdd.train.losses import kd_loss, mixed_cross_entropy
 
 
 @pytest.fixture(scope="module")
 def ipc5_images(tiny_teacher, cifar_root, tmp_path_factory):
     """A seeded real subset, 5 images per class, in recover's output format."""
     out = tmp_path_factory.mktemp("ipc5") / "recover"
-    run_module("recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
+    run_module("wmdd.recover", "--teacher", tiny_teacher, "--data-path", cifar_root, "--output-dir", out,
                "--method", "random-real", "--ipc", "5", "--workers", "0")
     return out / "images"
 
 
 def _relabel(teacher, images, out, *extra, epochs=3, check=True):
-    return run_module("relabel", "--teacher", teacher, "--images", images, "--output-dir", out,
+    return run_module("wmdd.relabel", "--teacher", teacher, "--images", images, "--output-dir", out,
                       "--epochs", epochs, "--batch-size", 10, "--workers", 0, *extra, check=check)
 
 
@@ -147,7 +147,7 @@ def test_mixed_cross_entropy_by_hand():
 
 
 def _train(images, soft, root, out, *extra, check=True, epochs=3):
-    return run_module("train", "--images", images, "--soft-labels", soft, "--data-path", root, "--output-dir", out,
+    return run_module("wmdd.train", "--images", images, "--soft-labels", soft, "--data-path", root, "--output-dir", out,
                       "--model", "convnet", "--model-kwargs", "width=16", "--epochs", epochs, "--batch-size", 10,
                       "--workers", 2, "--val-every", 1, *extra, check=check)
 
@@ -196,7 +196,7 @@ def test_relabel_killed_and_rerun_gives_identical_files(relabelled, ipc5_images,
     full = tmp_path / "full6"
     _relabel(tiny_teacher, ipc5_images, full, epochs=epochs)
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "relabel", "--teacher", str(tiny_teacher), "--images", str(ipc5_images),
+    cmd = [sys.executable, "-m", "wmdd.relabel", "--teacher", str(tiny_teacher), "--images", str(ipc5_images),
            "--output-dir", str(killed), "--epochs", str(epochs), "--batch-size", "10", "--workers", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -226,17 +226,17 @@ def test_top_k_truncation_is_stored_with_indices(tiny_teacher, ipc5_images, tmp_
 def test_online_teacher_and_hard_label_modes(ipc5_images, cifar_root, tiny_teacher, tmp_path):
     common = ["--images", ipc5_images, "--data-path", cifar_root, "--model", "convnet", "--model-kwargs", "width=16",
               "--epochs", "1", "--batch-size", "10", "--workers", "0"]
-    run_module("train", *common, "--online-teacher", tiny_teacher, "--output-dir", tmp_path / "online")
+    run_module("wmdd.train", *common, "--online-teacher", tiny_teacher, "--output-dir", tmp_path / "online")
     assert json.loads((tmp_path / "online" / "results.json").read_text())["mode"] == "online"
-    proc = run_module("train", *common, "--hard-labels", "--output-dir", tmp_path / "hard", check=False)
+    proc = run_module("wmdd.train", *common, "--hard-labels", "--output-dir", tmp_path / "hard", check=False)
     assert proc.returncode == 2 and "--dataset is required" in proc.stderr
-    run_module("train", *common, "--hard-labels", "--dataset", "cifar10", "--output-dir", tmp_path / "hard")
+    run_module("wmdd.train", *common, "--hard-labels", "--dataset", "cifar10", "--output-dir", tmp_path / "hard")
     assert json.loads((tmp_path / "hard" / "results.json").read_text())["mode"] == "hard"
 
 
 def test_torchrun_two_process_train(relabelled, ipc5_images, cifar_root, tmp_path):
     out = tmp_path / "ddp"
-    torchrun(2, "train", "--images", ipc5_images, "--soft-labels", relabelled, "--data-path", cifar_root,
+    torchrun(2, "wmdd.train", "--images", ipc5_images, "--soft-labels", relabelled, "--data-path", cifar_root,
              "--output-dir", out, "--model", "convnet", "--model-kwargs", "width=16", "--epochs", "2",
              "--batch-size", "10", "--workers", "0")
     results = json.loads((out / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""run.sh, the pseudo-label wrapper and the tools, end to end on a real CIFAR-10 subset."""
+"""``wmdd run`` through its ``run.sh`` shim, the pseudo-label runner and the tools, end to end on\nthe committed real CIFAR-10 subset."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_a_multi_formation_set_is_trained_tiled_under_dance(debug_run, cifar_roo
 
 
 def test_run_sh_wmdd_defaults_equal_python_defaults(debug_run, cifar_root):
-    """Without -n/-w, run.sh --method wmdd resolves to python -m recover --method wmdd (both terms
+    """Without -n/-w, run.sh --method wmdd resolves to python -m wmdd.recover --method wmdd (both terms
     on, medoid start, factor 2, the CIFAR-10 preset's lr), and --method wmdd-paper to the published
     recipe."""
     out, _ = debug_run
@@ -140,29 +140,43 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["-q"], "unknown option -q"),
-    (["--frobnicate"], "unknown option --frobnicate"),
-    (["-d", "cifar11", "-r", "/tmp"], "-d cifar11: unknown dataset"),
+    (["-q"], "unrecognized arguments: -q"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["-d", "cifar11", "-r", "/tmp"], "argument -d: invalid choice: 'cifar11'"),
     (["-d", "cifar10", "-r", "/nonexistent"], "data root /nonexistent/cifar10 does not exist"),
-    (["-c", "ten", "-r", "/tmp"], "-c ten: IPC must be a positive integer"),
-    (["-b", "x", "-r", "/tmp"], "-b x: expected a number"),
-    (["--batch-size", "0", "-r", "/tmp"], "batch-size 0: expected a positive integer"),
-    (["--method", "mtt", "-r", "/tmp"],
-     "--method mtt: unknown method (registered: dance ddm dm medoids random-real sre2l wmdd wmdd-paper)"),
-    (["--protocol", "hard", "-r", "/tmp"], "--protocol hard: expected fkd, dsa or dance"),
+    (["-c", "ten", "-r", "/tmp"], "argument -c: 'ten' is not an integer >= 1"),
+    (["-b", "x", "-r", "/tmp"], "argument -b: 'x' is not a number >= 0"),
+    (["--batch-size", "0", "-r", "/tmp"], "argument --batch-size: '0' is out of range"),
+    (["--method", "mtt", "-r", "/tmp"], "argument --method: invalid choice: 'mtt' (choose from 'dance', 'ddm', 'dm', "
+                                        "'medoids', 'random-real', 'sre2l', 'wmdd', 'wmdd-paper')"),
+    (["--protocol", "hard", "-r", "/tmp"], "argument --protocol: invalid choice: 'hard'"),
+    (["-u", "a,b", "-r", "/tmp"], "argument -u: 'a,b': expected a GPU index or a comma list"),
 ])
-def test_bad_flags_print_the_error_and_a_hint_last(args, message):
+def test_bad_flags_print_one_error_line(args, message):
     proc = run_sh("run.sh", *args, check=False)
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert message in lines[-2] and lines[-1] == "(./run.sh --help lists the options)"
-    assert "Usage:" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "usage:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--recover-args", "--r-bn -1"], "argument --r-bn: '-1' is out of range: expected a number >= 0 (see wmdd recover"),
+    (["--recover-args", "--batch-real 8"], "--batch-real is an option of --method"),
+    (["--train-args", "--lr 0"], "argument --lr: '0' is out of range"),
+])
+def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_is_written(cifar_root, tmp_path,
+                                                                                          flags, message):
+    proc = run_sh("run.sh", "-g", "-p", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs",
+                  "--device", "cpu", *flags, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs" / "teachers").exists()
 
 
 def test_pseudo_label_wrapper_with_a_csv_from_make_pseudo_labels(debug_run, cifar_root, tmp_path):
     out, _ = debug_run
     csv = tmp_path / "pl.csv"
-    run_module("tools.make_pseudo_labels", "--checkpoint", out / "teachers" / "cifar10_convnet" / "t0",
+    run_module("wmdd.tools.make_pseudo_labels", "--checkpoint", out / "teachers" / "cifar10_convnet" / "t0",
                "--data-path", cifar_root, "--output", csv, "--workers", "0")
     table = pd.read_csv(csv)
     assert list(table.columns) == ["image_path", "cluster_id", "pseudo_label_class_index", "true_label_index",
@@ -179,16 +193,16 @@ def test_pseudo_label_wrapper_with_a_csv_from_make_pseudo_labels(debug_run, cifa
 
 @pytest.mark.parametrize("script", ["run_pseudo.sh", "run_cifar100_pseudo.sh"])
 def test_pseudo_wrapper_bad_flags(script, tmp_path):
-    proc = run_sh(script, "--bogus", check=False)
-    assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "(run_pseudo.sh --help lists the options)"
+    proc = run_sh(script, "-d", "cifar10", "--csv", tmp_path / "x.csv", "-r", tmp_path, "--bogus", check=False)
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+    assert proc.stderr.strip().endswith("(see wmdd run-pseudo --help)")
     proc = run_sh(script, "-r", tmp_path, check=False)
-    assert proc.returncode == 2 and "is required" in proc.stderr
+    assert proc.returncode == 2 and "the following arguments are required: " in proc.stderr and "--csv" in proc.stderr
 
 
 def test_plot_results(debug_run, tmp_path):
     out, _ = debug_run
-    proc = run_module("tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
+    proc = run_module("wmdd.tools.plot_results", "--csv", out / "results.csv", "--out", tmp_path / "plots")
     files = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert files == ["acc_vs_ipc_cifar10.png", "methods_cifar10_ipc2.png"]
     assert all((tmp_path / "plots" / f).stat().st_size > 5000 for f in files)
@@ -196,7 +210,7 @@ def test_plot_results(debug_run, tmp_path):
 
 
 def test_results_table_mean_std_and_single_runs():
-    from tools.plot_results import aggregate, markdown_table
+    from wmdd.tools.plot_results import aggregate, markdown_table
     rows = pd.DataFrame({"dataset": ["cifar10"] * 4, "variant": ["wmdd", "wmdd", "wmdd", "random-real"],
                          "ipc": [10, 10, 50, 10], "top1": [30.0, 34.0, 41.5, 38.25]})
     table = markdown_table(aggregate(rows))

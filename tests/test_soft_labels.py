@@ -1,4 +1,4 @@
-"""The soft-label file format (common/soft_labels.py): write -> read round trips
+"""The soft-label file format (wmdd/relabel/soft_labels.py): write -> read round trips
 of epoch records and meta, top-k storage rule, decoding and errors."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from common.errors import UserError
-from common.manifest import write_manifest
-from common.soft_labels import (SOFT_LABELS, SoftLabels, build_meta, dense_logits, epoch_path, epoch_record,
+from wmdd.errors import UserError
+from wmdd.io.manifest import write_manifest
+from wmdd.relabel.soft_labels import (SOFT_LABELS, SoftLabels, build_meta, dense_logits, epoch_path, epoch_record,
                                 index_dtype, label_bytes_per_view, meta_path, write_epoch, write_meta)
-from common.views import ViewSettings, plan_epoch
+from wmdd.relabel.views import ViewSettings, plan_epoch
 
 CLASSES = [f"c{i}" for i in range(7)]
 SETTINGS = ViewSettings(batch_size=4, input_size=32, min_scale=0.25, max_scale=0.9, mix_type="mixup", mix_alpha=0.5)

@@ -1,4 +1,4 @@
-"""``python -m train --protocol dsa`` (the DM family's evaluation) on real CIFAR-10:
+"""``python -m wmdd.train --protocol dsa`` (the DM family's evaluation) on real CIFAR-10:
 protocol settings, DSA views, resume, torchrun, and refusals."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from common.training import build_epoch_scheduler
+from wmdd.runtime.training import build_epoch_scheduler
 from tests.conftest import run_module, torchrun
 
 
@@ -16,13 +16,13 @@ from tests.conftest import run_module, torchrun
 def real_set(cifar_root, tmp_path_factory):
     """3 seeded real images per class in recover's output format (no teacher needed)."""
     out = tmp_path_factory.mktemp("rr") / "recover"
-    run_module("recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out,
+    run_module("wmdd.recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", out,
                "--method", "random-real", "--ipc", "3", "--workers", "0")
     return out / "images"
 
 
 def _train(images, root, out, *extra, check=True):
-    return run_module("train", "--protocol", "dsa", "--images", images, "--dataset", "cifar10", "--data-path", root,
+    return run_module("wmdd.train", "--protocol", "dsa", "--images", images, "--dataset", "cifar10", "--data-path", root,
                       "--output-dir", out, "--workers", "0", "--epochs", "4", "--val-every", "2", *extra,
                       check=check, env={"OMP_NUM_THREADS": "1"})
 
@@ -79,7 +79,7 @@ def test_two_rank_torchrun_trains_the_same_student(dsa_run, real_set, cifar_root
     """Each recorded batch is split over the ranks (8 + 8 images), so DDP's averaged
     gradient is the one-process gradient up to float rounding."""
     ddp = tmp_path / "ddp"
-    torchrun(2, "train", "--protocol", "dsa", "--images", real_set, "--dataset", "cifar10", "--data-path",
+    torchrun(2, "wmdd.train", "--protocol", "dsa", "--images", real_set, "--dataset", "cifar10", "--data-path",
              cifar_root, "--output-dir", ddp, "--workers", "0", "--epochs", "4", "--val-every", "2",
              "--batch-size", "16")
     full = json.loads((dsa_run / "results.json").read_text())
@@ -106,8 +106,8 @@ def test_stored_224px_images_reach_the_dsa_student_uncropped():
     import numpy as np
     from PIL import Image
 
-    from common.datasets import get_spec
-    from common.transforms import distilled_transform, eval_transform, to_normalized_tensor
+    from wmdd.data.datasets import get_spec
+    from wmdd.data.transforms import distilled_transform, eval_transform, to_normalized_tensor
 
     spec = get_spec("imagenette")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
@@ -121,7 +121,7 @@ def test_dsa_student_trains_at_the_size_recover_recorded(cifar_root, tmp_path):
     """Images recovered at 16 px are trained at 16 px without --input-size (not at the
     dataset's 32 px); --input-size still wins."""
     rec = tmp_path / "recover"
-    run_module("recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", rec,
+    run_module("wmdd.recover", "--dataset", "cifar10", "--data-path", cifar_root, "--output-dir", rec,
                "--method", "random-real", "--ipc", "1", "--input-size", "16", "--workers", "0")
     assert json.loads((rec / "manifest.json").read_text())["input_size"] == 16
     for extra, size in (((), 16), (("--input-size", "32"), 32)):

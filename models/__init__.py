@@ -1,9 +1,0 @@
-"""Architecture registry, penultimate features, ConvNet block feature maps,
-per-class BatchNorm statistics and teacher checkpoints."""
-
-from models.convnet import block_outputs
-from models.features import classifier_module, forward_with_features, penultimate_features
-from models.registry import create_model, model_names, parse_model_kwargs
-
-__all__ = ["block_outputs", "create_model", "model_names", "parse_model_kwargs", "classifier_module",
-           "forward_with_features", "penultimate_features"]

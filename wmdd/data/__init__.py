@@ -1,0 +1,2 @@
+"""Datasets: the ``DatasetSpec`` registry, ImageFolder loading, real-image loaders, transforms and
+preparation of archives as shipped (``wmdd prepare``)."""

@@ -1,0 +1,92 @@
+"""Writing the recover stage's images: lossless PNGs per class, the preview grid
+and the per-image sample weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torchvision.utils import make_grid, save_image
+
+from wmdd.data.datasets import DatasetSpec
+from wmdd.io.files import atomic_write_bytes
+from wmdd.data.transforms import denormalize
+from wmdd.relabel.views import read_image
+
+#: At most this many classes (rows) and images per class (columns) in grid.png.
+GRID_MAX_CLASSES = 20
+GRID_MAX_PER_CLASS = 10
+
+
+def image_name(index: int) -> str:
+    """File name of synthetic image ``index`` of a class: ``0000.png``, ``0001.png``, ..."""
+    return f"{index:04d}.png"
+
+
+def save_class_images(images: torch.Tensor, spec: DatasetSpec, folder: Path) -> list[Path]:
+    """Save normalised images ``[n, 3, S, S]`` as ``folder/0000.png ...`` (8-bit RGB, lossless).
+
+    Returns:
+        The written paths, in image order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = denormalize(images.detach().float().cpu(), spec)
+    paths = []
+    for i, img in enumerate(pixels):
+        path = folder / image_name(i)
+        save_image(img, path, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def write_grid(images_dir: Path, classes: list[str], path: Path) -> None:
+    """``grid.png``: one row per class (first 20 classes), up to 10 images each,
+    read back from the PNGs (what the later stages use), via torchvision ``make_grid``."""
+    rows = []
+    shown = classes[:GRID_MAX_CLASSES]
+    files = {c: sorted((images_dir / c).glob("*.png"))[:GRID_MAX_PER_CLASS] for c in shown}
+    cols = max(len(f) for f in files.values())
+    for c in shown:
+        imgs = [read_image(f) for f in files[c]]
+        imgs += [torch.zeros_like(imgs[0])] * (cols - len(imgs))
+        rows.extend(imgs)
+    grid = make_grid(torch.stack(rows).float() / 255, nrow=cols, padding=2, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path, format="PNG")
+
+
+def write_sample_weights(path: Path, classes: list[str], weights: torch.Tensor) -> None:
+    """``sample_weights.csv`` with columns ``image_path`` (relative to ``images/``) and ``weight``.
+
+    Args:
+        classes: class folder names, ``K``.
+        weights: ``[K, ipc]`` barycenter weights; each class's row is rescaled
+            to mean 1, so uniform weights give 1.0 everywhere.
+    """
+    w = weights.double()
+    w = w / w.mean(dim=1, keepdim=True)
+    rows = [{"image_path": f"{c}/{image_name(i)}", "weight": float(w[k, i])}
+            for k, c in enumerate(classes) for i in range(w.shape[1])]
+    atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())
+
+
+def write_sources(path: Path, dataset, classes: list[str], sources: dict[int, list[int]], ipc: int) -> None:
+    """``sources.csv``: the real train image each synthetic image started from.
+
+    Columns ``image_path`` (relative to ``images/``, e.g. ``cat/0001.png``) and
+    ``source_path`` (relative to the real train split ``dataset.root``). A stored image
+    made of several real images (multi-formation tiles, in tile order) has one row per tile.
+
+    Args:
+        dataset: the real train split (``samples`` of ``(path, class_index)``, ``root``).
+        classes: class folder names, class-index order.
+        sources: class index -> the ``dataset`` sample indices, in image order (``ipc``
+            of them, or ``ipc x tiles``).
+        ipc: stored images per class.
+    """
+    root = Path(dataset.root)
+    rows = [{"image_path": f"{classes[c]}/{image_name(i // (len(sources[c]) // ipc))}",
+             "source_path": Path(dataset.samples[s][0]).relative_to(root).as_posix()}
+            for c in sorted(sources) for i, s in enumerate(sources[c])]
+    atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())

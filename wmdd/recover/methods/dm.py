@@ -1,0 +1,140 @@
+"""DM: Distribution Matching (Zhao & Bilen, WACV 2023).
+
+Every iteration draws a freshly initialised, frozen network (DM's instance-norm
+ConvNet, ``convnet_in``) and, for each class of the batch, a random batch of
+real images; one DSA draw is shared by the class's real and synthetic images
+(siamese augmentation) and the loss is the squared distance between their mean
+embeddings (DM Eq. 4), summed over classes. SGD on the pixels, lr 1.0,
+momentum 0.5, initialised from random real images.
+
+Deviations from the authors' code: the pixels are clipped to the valid range
+after every step (the set is stored as 8-bit PNG, so what is optimised is what
+is evaluated), and classes are optimised in class batches (``--batch-size //
+IPC`` classes at a time, each batch its own seeded run) so that a killed run
+resumes per batch and ``torchrun`` shards batches; with ``--batch-size`` >=
+classes x IPC the whole set is one batch, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+
+from wmdd.options.bounds import COUNT, MOMENTUM
+from wmdd.recover.dsa import DEFAULT_STRATEGY, DSAParams, siamese
+from wmdd.errors import UserError
+from wmdd.runtime.training import derive_seed
+from wmdd.models import create_model, model_names, penultimate_features
+from wmdd.recover.matching import mean_embedding_loss
+from wmdd.recover.methods.registry import Objective, Optimisation, RecoverMethod, Resources, register_method
+from wmdd.recover.real_pool import RealPool
+
+
+def reinitialise(net: nn.Module) -> None:
+    """Draw fresh weights for every layer of ``net`` in place (PyTorch's default
+    initialisation, from the global RNG): DM's "randomly initialised network"
+    without reallocating it."""
+    for module in net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+class MatchingMethod(RecoverMethod):
+    """Options and optimiser shared by the distribution-matching family (DM, DDM,
+    DANCE): ``--batch-real``, ``--dsa-strategy``, ``--momentum``; SGD with a constant
+    learning rate. Not registered itself."""
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--batch-real", type=COUNT, help="real images per class and iteration "
+                                                          "[dm, ddm 256; dance 128]")
+        group.add_argument("--dsa-strategy", help="DSA transform families, '_'-separated "
+                                                  f"[dm, ddm {DEFAULT_STRATEGY}, one per draw; dance "
+                                                  "color_crop_cutout, all in turn]")
+        group.add_argument("--momentum", type=MOMENTUM, help="SGD momentum on the pixels [0.5]")
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        DSAParams(strategy=args.dsa_strategy)
+
+    @classmethod
+    def optimisation(cls, args: argparse.Namespace) -> Optimisation:
+        return Optimisation(optimizer="sgd", momentum=args.momentum, schedule="constant")
+
+
+@register_method
+class DM(MatchingMethod):
+    """``--method dm`` (see the module docstring)."""
+
+    name = "dm"
+    summary = "distribution matching: mean embeddings of random networks, DSA (Zhao & Bilen 2023)"
+    defaults = {"lr": 1.0, "iterations": 20000, "init": "real", "batch_real": 256,
+                "dsa_strategy": DEFAULT_STRATEGY, "momentum": 0.5, "net": "convnet_in"}
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--net", help=f"randomly initialised embedding network ({', '.join(model_names())}) "
+                                         "[convnet_in]")
+
+    @classmethod
+    def check(cls, args: argparse.Namespace) -> None:
+        super().check(args)
+        if args.net not in model_names():
+            raise UserError(f"--net {args.net!r}: registered models are {', '.join(model_names())}")
+
+    @classmethod
+    def needs(cls, args: argparse.Namespace) -> frozenset[str]:
+        return frozenset({"real_batches", "random_networks"})
+
+    def __init__(self, resources: Resources):
+        super().__init__(resources)
+        args = resources.args
+        self.dsa = DSAParams(strategy=args.dsa_strategy)
+        self.net = create_model(args.net, num_classes=len(resources.classes), dataset=resources.spec,
+                                input_size=resources.input_size).to(resources.device).requires_grad_(False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding ``[B, D]`` of the current random network (DM: the flattened last block)."""
+        return penultimate_features(self.net, x)
+
+    def augmented_batches(self, x: torch.Tensor, classes: list[int], pool: RealPool,
+                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """For each class ``j`` of the batch, a fresh real batch and the class's synthetic
+        images ``x[j * ipc:(j + 1) * ipc]`` under one shared DSA draw.
+
+        Returns:
+            ``(real [sum n_j, 3, S, S], syn [G * ipc, 3, S, S], n_j per class)``,
+            concatenated in class order (one forward pass each).
+        """
+        ipc, device = self.res.args.ipc, self.res.device
+        reals, syns, sizes = [], [], []
+        for c, own in zip(classes, x.split(ipc)):
+            real = pool.sample(c, self.res.args.batch_real, generator).to(device)
+            real, syn = siamese(real, own, self.dsa, generator)
+            reals.append(real)
+            syns.append(syn)
+            sizes.append(len(real))
+        return torch.cat(reals), torch.cat(syns), sizes
+
+    def batch_objective(self, classes: list[int], batch: int) -> Objective:
+        args = self.res.args
+        pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers)
+        generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa", batch))
+
+        def objective(x: torch.Tensor, iteration: int):
+            reinitialise(self.net)
+            real, syn, sizes = self.augmented_batches(x, classes, pool, generator)
+            return self.match(real, syn, sizes)
+
+        return objective
+
+    def match(self, real: torch.Tensor, syn: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, dict]:
+        """The loss of one iteration from :meth:`augmented_batches`' output: DM Eq. 4
+        summed over the classes. Returns ``(loss, {"dm": value})``."""
+        with torch.no_grad():
+            real_emb = self.embed(real).split(sizes)
+        syn_emb = self.embed(syn).split(self.res.args.ipc)
+        loss = sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb))
+        return loss, {"dm": loss.detach()}

@@ -1,0 +1,18 @@
+"""SRe2L (Yin et al., NeurIPS 2023) as a WMDD ablation: no barycenter term,
+cross-entropy of the teacher (weight 1) and global BatchNorm statistics."""
+
+from __future__ import annotations
+
+from wmdd.recover.methods.registry import register_method
+from wmdd.recover.methods.wmdd import PAPER_DEFAULTS, WMDD
+
+
+@register_method
+class SRe2L(WMDD):
+    """``--method sre2l``: WMDD's loop at the published settings (:data:`PAPER_DEFAULTS`)
+    with CE weight 1, global BN, no barycenter (WMDD Table III's SRe2L row); every WMDD
+    option applies."""
+
+    name = "sre2l"
+    summary = "teacher cross-entropy + global BN statistics (SRe2L)"
+    defaults = {**PAPER_DEFAULTS, "wb": False, "per_class_bn": False, "r_ce": 1.0}
