@@ -23,35 +23,34 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = REPO / "tests" / "data" / "cifar10-mini.tar.gz"
 
 
-def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` from the repository root and return the result."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"python -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def torchrun(nproc: int, module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, module: str, *args: str) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node nproc -m module args`` (gloo on CPU)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={nproc}", "-m", module, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
+                          capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise AssertionError(f"torchrun -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def kill_when(cmd: list[str], marker: Path, env: dict | None = None, timeout: float = 300) -> None:
+def kill_when(cmd: list[str], marker: Path, env: dict | None = None) -> None:
     """Start ``cmd`` from the repository root and SIGKILL it as soon as ``marker`` exists
-    (or it exits, or ``timeout`` seconds pass): a killed run for resume tests."""
+    (or it exits): a killed run for resume tests. No wall-clock limit: a busy machine is slower,
+    not wrong."""
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    while not marker.exists() and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -63,8 +63,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "wmdd.pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

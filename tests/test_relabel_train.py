@@ -199,8 +199,7 @@ def test_relabel_killed_and_rerun_gives_identical_files(relabelled, ipc5_images,
     cmd = [sys.executable, "-m", "wmdd.relabel", "--teacher", str(tiny_teacher), "--images", str(ipc5_images),
            "--output-dir", str(killed), "--epochs", str(epochs), "--batch-size", "10", "--workers", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "soft_labels" / "epoch_0000.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "soft_labels" / "epoch_0000.pt").exists() and proc.poll() is None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

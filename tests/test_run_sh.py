@@ -18,8 +18,7 @@ DEBUG = ["-g", "-d", "cifar10", "-m", "convnet", "-e", "convnet", "-c", "2", "-p
 
 
 def run_sh(script: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(REPO / script), *map(str, args)], cwd="/", capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([str(REPO / script), *map(str, args)], cwd="/", capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -72,8 +71,7 @@ def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
             "-x", "killed", "--out", str(out), "--method", "wmdd-paper"]
     proc = subprocess.Popen(args, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    while not (exp / "recover" / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
+    while not (exp / "recover" / "config.yaml").exists() and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
