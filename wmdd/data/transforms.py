@@ -27,7 +27,9 @@ def to_normalized_tensor(spec: DatasetSpec) -> v2.Compose:
 
 
 def train_transform(spec: DatasetSpec, size: int) -> v2.Compose:
-    """Training augmentation: PIL image of any size -> float32 ``[3, size, size]`` (normalised)."""
+    """Training augmentation: PIL image of any size -> float32 ``[3, size, size]`` (normalised).
+    Large images: torchvision's ImageNet reference recipe (random-resized crop 0.08-1, flip),
+    with which WMDD's official run.sh trains the teacher; small ones: padded random crop, flip."""
     if spec.image_size <= SMALL_STEM_MAX_SIZE:
         ops = [v2.Resize((size, size), antialias=True), v2.RandomCrop(size, padding=max(1, size // 8)),
                v2.RandomHorizontalFlip()]
@@ -73,7 +75,7 @@ def pixel_bounds(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised values of pixel 0 and pixel 1 per channel, each ``[1, 3, 1, 1]`` float32.
 
     Synthetic images live in normalised space; clipping them to these bounds
-    keeps them valid images.
+    keeps them valid images (WMDD's official code clamps after each recover step).
     """
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)

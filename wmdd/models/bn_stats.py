@@ -59,7 +59,8 @@ class BNInputCapture:
 
 def class_moments(x: torch.Tensor, labels: torch.Tensor,
                   num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class sums of one BN input.
+    """Per-class sums of one BN input, from which :func:`moments_to_stats` gives the real
+    class statistics ``mu_{l,c}``, ``sigma^2_{l,c}`` of WMDD Eq. 6.
 
     Args:
         x: ``[B, C, H, W]`` activations (any float dtype).
@@ -82,7 +83,10 @@ def class_moments(x: torch.Tensor, labels: torch.Tensor,
 
 
 def moments_to_stats(s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance from sums: ``s1, s2 [..., C]``, ``n [...]`` (float64).
+    """Mean and biased variance from sums: ``s1, s2 [..., C]``, ``n [...]`` (float64) ->
+    ``(mean [..., C], var [..., C])`` float64, i.e. ``mu_{l,c} = S1 / n`` and
+    ``sigma^2_{l,c} = S2 / n - mu^2`` of WMDD Eq. 6 (exact; the official code averages
+    per-batch variances).
 
     Variance is clamped at 0 against rounding.
     """
@@ -92,7 +96,12 @@ def moments_to_stats(s1: torch.Tensor, s2: torch.Tensor, n: torch.Tensor) -> tup
 
 
 class PerClassBNStatistics:
-    """Accumulates per-class moments of every BN layer's input.
+    """Accumulates per-class moments of every BN layer's input: the real class statistics
+    of WMDD Eq. 6, "computed with one epoch of forward pass over the training dataset"
+    (WMDD Sec. III-D), as exact sums (see the module docstring).
+
+    Raises:
+        UserError: the model has no BatchNorm2d layer.
 
     Usage::
 
@@ -114,7 +123,11 @@ class PerClassBNStatistics:
         self._labels: torch.Tensor | None = None
 
     def set_labels(self, labels: torch.Tensor) -> None:
-        """Labels ``[B]`` (int64) of the batch about to go through the model."""
+        """Labels ``[B]`` (int64) of the batch about to go through the model.
+
+        Raises:
+            ValueError: a label outside ``[0, num_classes)``.
+        """
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
         self._labels = labels
@@ -151,6 +164,7 @@ class PerClassBNStatistics:
                  "global_var":     {name: float64 [C]}}
 
         Raises:
+            RuntimeError: a BN layer saw no input (no batch was run).
             UserError: a class received no image.
         """
         names = [n for n, _ in self.capture.layers]
@@ -178,9 +192,14 @@ class PerClassBNStatistics:
 @torch.no_grad()
 def compute_bn_statistics(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                           num_classes: int, ctx: DistContext, progress: Callable | None = None) -> dict:
-    """One pass of ``model`` in eval mode over ``batches`` of ``(images [B,3,H,W], labels [B])``,
-    returning :meth:`PerClassBNStatistics.result`. Under ``torchrun`` each rank
-    passes its own shard and the sums are added over ranks."""
+    """WMDD Sec. III-D's statistics pass (the targets of Eq. 6): one pass of ``model`` in eval
+    mode over ``batches`` of ``(images [B,3,H,W] float32, labels [B] int64)``, returning
+    :meth:`PerClassBNStatistics.result`. Under ``torchrun`` each rank passes its own shard
+    and the sums are added over ranks.
+
+    Raises:
+        UserError: the model has no BatchNorm2d layer, or a class received no image.
+    """
     was_training = model.training
     model.eval()
     acc = PerClassBNStatistics(model, num_classes)

@@ -160,7 +160,7 @@ def load_experts(path: str | Path) -> Experts:
 
 def interpolate_state(init: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
                       lam: float) -> dict[str, torch.Tensor]:
-    """The middle encoder's weights (DANCE Eq. 3): ``lam * init + (1 - lam) * final``
+    """The middle encoder's weights (DANCE, Zhang et al., IJCAI 2024, Eq. 3): ``lam * init + (1 - lam) * final``
     for every floating-point entry; integer buffers (e.g. BatchNorm's batch counter)
     are taken from ``final``.
 

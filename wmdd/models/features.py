@@ -36,9 +36,13 @@ def classifier_module(model: nn.Module) -> nn.Module:
 
 
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass returning ``(logits [B, K], features [B, D])``.
+    """One forward pass returning ``(logits [B, K], features [B, D])``, the features being
+    the classifier's input (WMDD's feature space, Sec. III).
 
     Gradients flow through both when autograd is enabled.
+
+    Raises:
+        UserError: no final linear classifier (:func:`classifier_module`).
     """
     captured: list[torch.Tensor] = []
     handle = classifier_module(model).register_forward_pre_hook(lambda m, inp: captured.append(inp[0]))
@@ -50,5 +54,11 @@ def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
 
 
 def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Features ``[B, D]`` (float32 for float32 input) entering the classifier."""
+    """Features ``[B, D]`` (float32 for float32 input) entering the classifier: WMDD's feature
+    space (the last layer before the linear classifier, WMDD Sec. III; Eq. 5) and the
+    embedding of DM Eq. 4 and DANCE Eq. 4.
+
+    Raises:
+        UserError: no final linear classifier (:func:`classifier_module`).
+    """
     return forward_with_features(model, x)[1]

@@ -71,9 +71,10 @@ def uint8_images(dataset, spec, size: int, workers: int) -> tuple[torch.Tensor, 
 
 def expert_epoch(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, spec, optimizer,
                  args: argparse.Namespace, generator: torch.Generator, device: torch.device) -> float:
-    """One epoch over ``pixels`` (uint8 ``[N, 3, S, S]``) in a seeded order: DSA chain,
-    CutMix, cross-entropy, SGD step. Randomness from ``generator`` only.
-    Returns the mean training loss."""
+    """One epoch of DANCE's expert training (Zhang et al., IJCAI 2024, Sec. 3.2) over
+    ``pixels`` (uint8 ``[N, 3, S, S]``, labels ``[N]`` int64) in a seeded order: DSA chain,
+    CutMix, mixed cross-entropy ``lam CE(y) + (1 - lam) CE(y_partner)``, SGD step.
+    Randomness from ``generator`` only. Returns the mean training loss (a float)."""
     dsa = DSAParams(strategy=args.dsa_strategy)
     model.train()
     total, count = 0.0, 0
@@ -95,7 +96,9 @@ def expert_epoch(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, s
 
 def train_expert(e: int, args, pixels, labels, spec, size: int, classes: list[str], vloader,
                  device: torch.device) -> dict:
-    """Train expert ``e``; returns its record for :func:`wmdd.models.experts.save_part` plus its metrics."""
+    """Train DANCE expert ``e`` (Zhang et al., IJCAI 2024, Sec. 3.2), keeping its initial and final
+    weights for the middle encoder (DANCE Eq. 3); returns its record for
+    :func:`wmdd.models.experts.save_part` plus its metrics."""
     seed = derive_seed(args.seed, "expert", e)
     torch.manual_seed(seed)
     model = create_model(args.model, num_classes=len(classes), dataset=spec, input_size=size,

@@ -13,7 +13,9 @@ from wmdd.runtime.distributed import DistContext
 
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, ctx: DistContext, *,
                     amp: bool = False, channels_last: bool = False) -> dict:
-    """One pass of cross-entropy training over ``batches`` of ``(images [B,3,S,S] float32, labels [B] int64)``.
+    """One pass of cross-entropy training over ``batches`` of ``(images [B,3,S,S] float32, labels [B] int64)``:
+    the teacher of WMDD's pretrain stage (the torchvision reference recipe of its official
+    run.sh; no equation of the paper).
 
     Returns:
         ``{"train_loss", "train_top1" (percent), "images", "seconds", "images_per_s"}``

@@ -54,7 +54,7 @@ RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size")
 
 def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: Path,
                         support_per_image: int = 1) -> dict:
-    """Features (cached), per-class barycenters of ``k = IPC * support_per_image`` support
+    """Features (cached), per-class barycenters (WMDD Sec. III-C) of ``k = IPC * support_per_image`` support
     points (one per decoded image: ``factor**2`` with multi-formation) and their
     medoids, saved to ``barycenters.pt`` (rank 0).
 

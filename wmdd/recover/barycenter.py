@@ -48,8 +48,10 @@ class Barycenter:
 
 
 def w2_squared(features: np.ndarray, support: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """W2^2 between the uniform measure on ``features [N, d]`` and ``(support [k, d], weights [k])``,
-    exact (``ot.emd2`` on squared Euclidean costs); uniform ``weights`` when ``None``."""
+    """W2^2 between the uniform measure on ``features [N, d]`` and ``(support [k, d], weights [k])``:
+    the objective the class barycenter minimises (WMDD Sec. III-C, the discrete W2^2 of Cuturi &
+    Doucet 2014; no equation number on record). Exact (``ot.emd2`` on squared Euclidean costs),
+    inputs cast to float64; uniform ``weights`` when ``None``. Returns a Python float."""
     features, support = np.asarray(features, np.float64), np.asarray(support, np.float64)
     a = np.full(len(features), 1.0 / len(features))
     b = np.full(len(support), 1.0 / len(support)) if weights is None else np.asarray(weights, np.float64)
@@ -57,8 +59,9 @@ def w2_squared(features: np.ndarray, support: np.ndarray, weights: np.ndarray | 
 
 
 def optimal_plan(features: np.ndarray, support: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """Exact OT plan ``T [k, N]`` from ``(support, weights)`` to the uniform measure on
-    ``features`` (``ot.emd``, squared Euclidean costs) and its cost W2^2."""
+    """The transport step of Cuturi & Doucet 2014, Alg. 2: the exact OT plan ``T [k, N]``
+    (float64 for float64 inputs) from ``(support [k, d], weights [k])`` to the uniform measure
+    on ``features [N, d]`` (``ot.emd``, squared Euclidean costs) and its cost W2^2 (a float)."""
     a = np.full(len(features), 1.0 / len(features))
     cost = ot.dist(support, features)
     plan = ot.emd(weights, a, cost, numItermax=EMD_MAX_ITER)
@@ -66,8 +69,9 @@ def optimal_plan(features: np.ndarray, support: np.ndarray, weights: np.ndarray)
 
 
 def barycentric_update(features: np.ndarray, support: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """One fixed-point step: the optimal plan ``T [k, N]`` from ``support`` to the
-    features, then ``diag(1 / weights) T features`` (Cuturi & Doucet 2014, Alg. 2 with theta = 1).
+    """One support update of Cuturi & Doucet 2014, Alg. 2 with theta = 1 (the free-support
+    barycenter of WMDD Sec. III-C): the optimal plan ``T [k, N]`` from ``support [k, d]`` with
+    ``weights [k]`` to ``features [N, d]`` (:func:`optimal_plan`), then ``diag(1 / weights) T features``.
 
     Returns:
         The new support ``[k, d]`` float64.
@@ -87,15 +91,18 @@ def _check(features: np.ndarray, k: int) -> np.ndarray:
 
 
 def gaussian_init(k: int, dim: int, seed: int) -> np.ndarray:
-    """WMDD's initial support: ``[k, dim]`` draws of N(0, 1) (seeded here)."""
+    """WMDD's initial support (its official code's start for POT; no equation of the paper):
+    ``[k, dim]`` float64 draws of N(0, 1), seeded here where the official code is not."""
     return np.random.default_rng(seed).normal(0.0, 1.0, size=(k, dim))
 
 
 def alternate(features: np.ndarray, support: np.ndarray, weights: np.ndarray, max_iter: int = 100,
               tol: float = 0.0) -> Barycenter:
-    """Alternate exact OT plan and barycentric update from ``support`` until the objective
-    improves by no more than ``tol`` (relative) or ``max_iter`` updates; each step cannot
-    raise the objective, and the plan is discrete, so it reaches a fixed point."""
+    """Cuturi & Doucet 2014, Alg. 2 with theta = 1 and the ``weights [k]`` held fixed: alternate
+    the exact OT plan and the barycentric update from ``support [k, d]`` towards ``features
+    [N, d]`` (float64) until the objective improves by no more than ``tol`` (relative) or
+    ``max_iter`` updates; each step cannot raise the objective, and the plan is discrete, so
+    it reaches a fixed point. Returns the last accepted :class:`Barycenter`."""
     plan, objective = optimal_plan(features, support, weights)
     it = 0
     for it in range(1, max_iter + 1):
@@ -112,24 +119,29 @@ def alternate(features: np.ndarray, support: np.ndarray, weights: np.ndarray, ma
 
 def exact_barycenter(features: np.ndarray, k: int, *, seed: int = 0, max_iter: int = 100,
                      tol: float = 0.0, n_init: int = 1) -> Barycenter:
-    """Uniform-weight free-support barycenter, best of seeded starts.
+    """Uniform-weight free-support barycenter of one class (WMDD Sec. III-C, no equation
+    number on record; Cuturi & Doucet 2014, Alg. 2 with theta = 1), best of seeded starts.
 
     The starts are ``n_init`` k-means++ initialisations (scikit-learn) and
     WMDD's N(0, 1) initialisation (:func:`gaussian_init` with the same seed),
     each refined by :func:`alternate`. Since POT's path is the same alternation
     from the N(0, 1) start, the result is never worse than
     :func:`pot_barycenter` with the same seed; it costs about ``n_init + 1``
-    times as much.
+    times as much. The k-means++ starts are the toolkit's (WMDD starts from N(0, 1) only).
 
     Args:
-        features: ``[N, d]`` class features.
+        features: ``[N, d]`` class features (any float dtype; computed in float64).
         k: support points (IPC), ``1 <= k <= N``.
         seed: seed of the initialisations.
         max_iter: alternations per start.
         tol: relative objective improvement under which a start stops.
         n_init: k-means++ starts.
 
+    Returns:
+        :class:`Barycenter`: support ``[k, d]`` float64, uniform weights ``[k]``, exact W2^2.
+
     Raises:
+        ValueError: ``features`` is not a non-empty ``[N, d]`` array.
         UserError: ``k`` outside ``[1, N]``.
     """
     features = _check(features, k)
@@ -142,10 +154,15 @@ def exact_barycenter(features: np.ndarray, k: int, *, seed: int = 0, max_iter: i
 
 def pot_barycenter(features: np.ndarray, k: int, *, seed: int = 0, max_iter: int = 100,
                    stop_thr: float = 1e-7) -> Barycenter:
-    """WMDD's path: ``ot.lp.free_support_barycenter`` from a N(0, 1) initial support
+    """WMDD's path (WMDD Sec. III-C; POT's implementation of Cuturi & Doucet 2014, Alg. 2):
+    ``ot.lp.free_support_barycenter`` of ``features [N, d]`` from a N(0, 1) initial support
     (seeded here for reproducibility), uniform weights, POT's defaults.
 
+    Returns:
+        :class:`Barycenter`: support ``[k, d]`` float64, uniform weights ``[k]``, exact W2^2.
+
     Raises:
+        ValueError: ``features`` is not a non-empty ``[N, d]`` array.
         UserError: ``k`` outside ``[1, N]``.
     """
     features = _check(features, k)
@@ -170,9 +187,11 @@ def _kmeans(features: np.ndarray, k: int, init: np.ndarray | str, n_init: int, s
 
 def weighted_barycenter(features: np.ndarray, k: int, *, seed: int = 0, tol: float = 1e-4,
                         restarts: int = 3) -> Barycenter:
-    """Free-weight barycenter (WMDD's ``--weight-wb``) = k-means quantisation: support =
-    centres, weights = cluster masses, objective = mean squared distance of each feature
-    to its nearest centre (k-means inertia / N), which equals W2^2 with those weights.
+    """Free-weight barycenter (WMDD's ``--weight-wb``; the paper learns the weights with a
+    fixed-support mirror-descent step, its appendix Alg. 2, which this replaces) = k-means
+    quantisation: support = centres, weights = cluster masses, objective = mean squared
+    distance of each feature to its nearest centre (k-means inertia / N), which equals W2^2
+    with those weights.
 
     Lloyd's algorithm stops in local optima, and which start finds the best one depends
     on N / k (``benchmarks/barycenter.py`` on real 2,048-d teacher features): at N of
@@ -188,17 +207,18 @@ def weighted_barycenter(features: np.ndarray, k: int, *, seed: int = 0, tol: flo
     2. Lloyd from ``restarts`` seeded k-means++ starts (skipped when ``restarts`` is 0).
 
     Args:
-        features: ``[N, d]`` class features.
+        features: ``[N, d]`` class features (any float dtype; computed in float64).
         k: support points (IPC), ``1 <= k <= N``.
         seed: seed of the k-means++ starts.
         tol: relative objective improvement under which the balanced alternation stops.
         restarts: k-means++ starts of the second candidate.
 
     Returns:
-        The better :class:`Barycenter`; ``iterations`` counts the alternation and Lloyd
-        steps of the winning candidate.
+        The better :class:`Barycenter` (support ``[k, d]`` and weights ``[k]`` float64);
+        ``iterations`` counts the alternation and Lloyd steps of the winning candidate.
 
     Raises:
+        ValueError: ``features`` is not a non-empty ``[N, d]`` array.
         UserError: ``k`` outside ``[1, N]``.
     """
     features = _check(features, k)
@@ -216,9 +236,12 @@ SOLVERS = {"exact": exact_barycenter, "pot": pot_barycenter}
 
 def class_barycenter(features: np.ndarray, k: int, *, solver: str = "exact", weighted: bool = False,
                      seed: int = 0) -> Barycenter:
-    """Dispatch: ``weighted`` -> :func:`weighted_barycenter`, else ``SOLVERS[solver]``.
+    """The ``k``-point barycenter of one class's ``features [N, d]`` (WMDD Sec. III-C, no
+    equation number on record). Dispatch: ``weighted`` -> :func:`weighted_barycenter`, else
+    ``SOLVERS[solver]``.
 
     Raises:
+        ValueError: ``features`` is not a non-empty ``[N, d]`` array.
         UserError: unknown solver, or ``k`` outside ``[1, N]``.
     """
     if weighted:

@@ -67,7 +67,8 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 @dataclass(frozen=True)
 class DSAParams:
-    """DSA's strategy and magnitudes (defaults: the authors' ``ParamDiffAug``).
+    """The strategy and magnitudes of DSA (Zhao & Bilen, ICML 2021; no equation number on
+    record); defaults: the authors' ``ParamDiffAug``.
 
     Attributes:
         strategy: ``_``-separated families from :data:`FAMILIES`; each call
@@ -169,7 +170,8 @@ def _randint(low: int, high: int, n: int, generator: torch.Generator) -> torch.T
 
 def draw_params(params: DSAParams, n: int, side: int, generator: torch.Generator, *,
                 shared: bool = False) -> DSADraw:
-    """Draw one DSA call's parameters for a batch of ``n`` images of side ``side``.
+    """Draw one DSA call's parameters (Zhao & Bilen, ICML 2021: the authors' ``DiffAugment``,
+    mode 'S'; no equation number on record) for a batch of ``n`` images of side ``side``.
 
     The family is drawn first (uniform over ``params.families``), then its
     values, all from ``generator`` (CPU or CUDA; the values live on its device).
@@ -253,7 +255,8 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def apply_draw(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
-    """Apply ``draw`` to ``x``.
+    """Apply ``draw`` to ``x``: DSA's differentiable transform at fixed parameters (Zhao &
+    Bilen, ICML 2021; no equation number on record).
 
     Args:
         x: ``[N, C, S, S]`` floating point, normalised space, S == ``draw.side``;
@@ -299,7 +302,9 @@ def apply_draw(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
 
 def siamese(real: torch.Tensor, syn: torch.Tensor, params: DSAParams,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One shared draw applied to a class's real and synthetic batches (DM, DSA).
+    """DSA's siamese augmentation (Zhao & Bilen, ICML 2021; no equation number on record):
+    one shared draw applied to a class's real and synthetic batches, as DM (Zhao & Bilen,
+    WACV 2023) does per class and iteration.
 
     Args:
         real: ``[N_real, C, S, S]`` float, normalised.
@@ -320,7 +325,8 @@ def siamese(real: torch.Tensor, syn: torch.Tensor, params: DSAParams,
 
 
 def augment(x: torch.Tensor, params: DSAParams, generator: torch.Generator) -> torch.Tensor:
-    """DSA with per-image parameters (one family for the call), for training.
+    """DSA (Zhao & Bilen, ICML 2021) with per-image parameters (one family for the call), for
+    training on a distilled set (the DM family's evaluation protocol, ``train --protocol dsa``).
 
     Args:
         x: ``[N, C, S, S]`` float, normalised.
@@ -340,7 +346,7 @@ def draw_sequence(params: DSAParams, n: int, side: int, generator: torch.Generat
                   shared: bool = False) -> list[DSADraw]:
     """One draw per family of ``params.strategy``, in the strategy's order.
 
-    IDC's ``DiffAug`` (Kim et al. 2022; DANCE's augmentation) applies ``color``,
+    IDC's ``DiffAug`` (Kim et al., ICML 2022; DANCE's augmentation) applies ``color``,
     ``cutout`` and ``flip`` on every call and picks one of the remaining families,
     so for ``color_crop_cutout`` (DANCE's matching) and ``color_crop`` (its
     experts) every family is applied; this is that chain. Arguments as
@@ -348,14 +354,18 @@ def draw_sequence(params: DSAParams, n: int, side: int, generator: torch.Generat
 
     Returns:
         A list of :class:`DSADraw` for :func:`apply_sequence`.
+
+    Raises:
+        ValueError: ``n`` or ``side`` below 1.
     """
     return [draw_params(DSAParams(**{**params.__dict__, "strategy": family}), n, side, generator, shared=shared)
             for family in params.families]
 
 
 def apply_sequence(x: torch.Tensor, draws: list[DSADraw]) -> torch.Tensor:
-    """Apply :func:`draw_sequence`'s draws in order: ``[N, C, S, S]`` -> the same shape,
-    differentiable w.r.t. ``x``. Raises as :func:`apply_draw`."""
+    """Apply :func:`draw_sequence`'s draws in order (IDC's ``DiffAug`` chain, Kim et al.,
+    ICML 2022): ``[N, C, S, S]`` -> the same shape, differentiable w.r.t. ``x``. Raises as
+    :func:`apply_draw`."""
     for draw in draws:
         x = apply_draw(x, draw)
     return x

@@ -21,8 +21,10 @@ from wmdd.models.features import classifier_module
 
 
 def feature_matching_loss(features: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """``||features - support||_2`` over the whole batch (WMDD Eq. 5; the official code's
-    ``torch.norm(feature - barycenter, 2)``): ``features, support [B, D]`` -> scalar."""
+    """WMDD Eq. 5: ``||features - support||_2``, image i against barycenter point i, as one
+    Frobenius norm over the whole batch (the official code's ``torch.norm(feature -
+    barycenter, 2)``; the paper states it per class): ``features [B, D]`` (any float dtype,
+    upcast) and ``support [B, D]`` float32 -> scalar float32."""
     return torch.linalg.vector_norm(features.float() - support)
 
 
@@ -67,8 +69,9 @@ class _GroupMoments(torch.autograd.Function):
 
 
 def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance per channel of each of ``groups`` equal consecutive
-    slices of the batch: ``x [B, C, H, W]`` -> ``(mean [G, C], var [G, C])``, float32
+    """``mu_l(S_c)`` and ``sigma^2_l(S_c)`` of WMDD Eq. 6: mean and biased variance per
+    channel of each of ``groups`` equal consecutive slices of the batch:
+    ``x [B, C, H, W]`` -> ``(mean [G, C], var [G, C])``, float32
     (float64 for float64 input; half-precision input is upcast), differentiable with
     respect to ``x``.
 
@@ -83,17 +86,23 @@ def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Ten
 def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, torch.Tensor],
                      target_var: dict[str, torch.Tensor], layers: list[str],
                      first_bn_multiplier: float = 1.0) -> torch.Tensor:
-    """Sum over BN layers and groups of ``||mean - target_mean||_2 + ||var - target_var||_2`` (WMDD Eq. 6).
+    """WMDD Eq. 6: sum over BN layers and groups of ``||mean - target_mean||_2 +
+    ||var - target_var||_2``. With one group and global statistics it is SRe2L's BN
+    regulariser. ``first_bn_multiplier`` is the official code's extra weight of the first
+    layer (inherited from SRe2L's code), not part of Eq. 6.
 
     Args:
-        inputs: layer name -> BN input ``[B, C, H, W]`` of the batch.
-        target_mean, target_var: layer name -> ``[G, C]`` statistics, one row per
+        inputs: layer name -> BN input ``[B, C, H, W]`` of the batch (any float dtype, upcast).
+        target_mean, target_var: layer name -> ``[G, C]`` float32 statistics, one row per
             group of ``B / G`` consecutive images (G = classes in the batch for
             per-class BN, 1 for global BN).
         layers: BN layer names in forward order; the first gets ``first_bn_multiplier``.
 
     Returns:
         Scalar float32 loss.
+
+    Raises:
+        ValueError: ``B`` is not a multiple of ``G`` (:func:`group_moments`).
     """
     total = torch.zeros((), device=next(iter(inputs.values())).device)
     for i, name in enumerate(layers):
@@ -105,7 +114,11 @@ def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, tor
 
 
 class RecoverObjective:
-    """Runs the teacher on a batch of synthetic images and returns the recover loss.
+    """Runs the teacher on a batch of synthetic images and returns the recover loss of
+    WMDD Eq. 7, ``[use_wb] Eq. 5 + r_bn * Eq. 6 + r_ce * CE`` (``r_bn`` is the paper's
+    lambda; the CE term is the official code's ``r_wb * CE``, absent from the paper's best
+    row, Table III). ``per_class_bn=False, use_wb=False, r_ce=1`` is SRe2L's recover loss,
+    with exact global BN statistics instead of the BN running averages.
 
     Args:
         model: the teacher (eval mode; its parameters are frozen here).
@@ -116,6 +129,9 @@ class RecoverObjective:
         r_bn, r_ce: weights of the BN and cross-entropy terms.
         first_bn_multiplier: extra weight of the first BN layer.
         device: where the statistics are moved.
+
+    Raises:
+        UserError: ``r_bn > 0`` and the model has no BatchNorm2d layer.
 
     Use as a context manager (it registers BN forward hooks)::
 
@@ -150,19 +166,23 @@ class RecoverObjective:
         self._handle.remove()
 
     def targets(self, classes: torch.Tensor) -> tuple[dict, dict]:
-        """BN target statistics ``[G, C]`` per layer for the batch's classes ``[G]``."""
+        """The targets ``mu_{l,c}``, ``sigma^2_{l,c}`` of WMDD Eq. 6 for the batch's classes
+        ``[G]`` int64: ``({layer: [G, C]}, {layer: [G, C]})`` float32 (``[1, C]``, the global
+        statistics, without per-class BN)."""
         if self.per_class_bn:
             return ({n: m[classes] for n, m in self.mean.items()}, {n: v[classes] for n, v in self.var.items()})
         return ({n: m.unsqueeze(0) for n, m in self.mean.items()}, {n: v.unsqueeze(0) for n, v in self.var.items()})
 
     def __call__(self, x: torch.Tensor, classes: torch.Tensor, support: torch.Tensor | None,
                  amp: bool = False) -> tuple[torch.Tensor, dict]:
-        """Loss of the batch ``x [G * ipc, 3, S, S]`` whose images are grouped by class
-        (``classes [G]`` int64, ``ipc`` consecutive images each), matched one-to-one to
-        ``support [G * ipc, D]``.
+        """WMDD Eq. 7 for the batch ``x [G * ipc, 3, S, S]`` float32 whose images are grouped
+        by class (``classes [G]`` int64, ``ipc`` consecutive images each), matched one-to-one
+        to ``support [G * ipc, D]`` float32 (``None`` without the barycenter term); ``amp``
+        runs the teacher under bfloat16 autocast.
 
         Returns:
-            ``(loss, parts)`` with ``parts`` = float values of each term (unweighted).
+            ``(loss, parts)``: scalar float32 ``loss``; ``parts`` holds each term in use
+            (``"feature"``, ``"bn"``, ``"ce"``), unweighted, as a detached 0-d tensor.
         """
         self._features.clear()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):

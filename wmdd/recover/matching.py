@@ -18,11 +18,13 @@ import torch.nn.functional as F
 
 
 def mean_embedding_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
-    """``|| mean_i real_i - mean_j syn_j ||_2^2`` (DM Eq. 4) for one class.
+    """DM (Zhao & Bilen, WACV 2023) Eq. 4 for one class, one network and one augmentation
+    draw: ``|| mean_i real_i - mean_j syn_j ||_2^2`` (the caller sums over classes). Also
+    DANCE's inner-class view (DANCE Eq. 4) on its middle encoder.
 
     Args:
-        real: ``[n_r, D]`` embeddings of the real batch (usually detached).
-        syn: ``[n_s, D]`` embeddings of the synthetic images.
+        real: ``[n_r, D]`` embeddings of the real batch (usually detached; any float dtype, upcast).
+        syn: ``[n_s, D]`` embeddings of the synthetic images (any float dtype, upcast).
 
     Returns:
         Scalar float32.
@@ -31,8 +33,9 @@ def mean_embedding_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
 
 
 def channel_moments(maps: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-channel spatial mean and standard deviation of feature maps
-    ``[N, C, H, W]`` -> ``(mean [N, C], std [N, C])`` float32; ``std = sqrt(var + eps)``
+    """The statistics of Decomposed DM's moments matching (L_MM; Malakshan et al., WACV 2025,
+    no equation number on record): per-image, per-channel spatial mean and standard deviation
+    of feature maps ``[N, C, H, W]`` -> ``(mean [N, C], std [N, C])`` float32; ``std = sqrt(var + eps)``
     with the biased variance over the ``H W`` positions, computed as
     ``E[x^2] - E[x]^2`` from the channel's Euclidean norm (clamped at 0): two fused
     reductions instead of ``torch.var_mean``, the largest cost of DDM's style step on
@@ -44,13 +47,16 @@ def channel_moments(maps: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor
 
 
 def class_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch averages of :func:`channel_moments`: ``[N, C, H, W]`` -> ``([C], [C])``."""
+    """A class's (mean, std) for Decomposed DM's L_MM (Malakshan et al., WACV 2025; no
+    equation number on record): batch averages of :func:`channel_moments`,
+    ``[N, C, H, W]`` -> ``([C], [C])`` float32."""
     mean, std = channel_moments(maps)
     return mean.mean(dim=0), std.mean(dim=0)
 
 
 def class_gram(maps: torch.Tensor) -> torch.Tensor:
-    """Batch-averaged channel Gram matrix ``mean_i F_i F_i^T / (C H W)`` of
+    """Decomposed DM's correlation-matching statistic (L_CM; Malakshan et al., WACV 2025, no
+    equation number on record): the batch-averaged channel Gram matrix ``mean_i F_i F_i^T / (C H W)`` of
     ``[N, C, H, W]`` feature maps (``F_i`` = image i's map as ``[C, H W]``) ->
     ``[C, C]`` float32: one batched product ``[N, C, H W] x [N, H W, C]`` of the maps as
     stored (no transposed copy), summed over the images."""
@@ -60,7 +66,8 @@ def class_gram(maps: torch.Tensor) -> torch.Tensor:
 
 
 def moments_loss(real: list[tuple[torch.Tensor, torch.Tensor]], syn: list[torch.Tensor]) -> torch.Tensor:
-    """L_MM of one class: mean over blocks of ``||m_r - m_s||^2 + ||s_r - s_s||^2`` where
+    """Decomposed DM's L_MM (Malakshan et al., WACV 2025; no equation number on record) of
+    one class: mean over blocks of ``||m_r - m_s||^2 + ||s_r - s_s||^2`` where
     ``(m, s)`` are :func:`class_moments` (real: precomputed ``([C], [C])`` per block;
     syn: the feature maps ``[n_s, C, H, W]`` per block). Scalar float32."""
     total = torch.zeros((), device=syn[0].device)
@@ -71,7 +78,8 @@ def moments_loss(real: list[tuple[torch.Tensor, torch.Tensor]], syn: list[torch.
 
 
 def correlation_loss(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
-    """L_CM of one class: mean over blocks of ``||G_r - G_s||_F^2`` with
+    """Decomposed DM's L_CM (Malakshan et al., WACV 2025; no equation number on record) of
+    one class: mean over blocks of ``||G_r - G_s||_F^2`` with
     :func:`class_gram` (real: precomputed ``[C, C]`` per block; syn: feature maps
     ``[n_s, C, H, W]`` per block). Scalar float32."""
     total = torch.zeros((), device=syn[0].device)
@@ -81,15 +89,17 @@ def correlation_loss(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch
 
 
 def icd_neighbours(ipc: int) -> int:
-    """DDM's neighbourhood size ``k = round(0.2 IPC)``, at least 1 (0 when IPC is 1)."""
+    """Decomposed DM's ICD neighbourhood size (Malakshan et al., WACV 2025: k = 0.2 IPC) as
+    an int: ``round(0.2 IPC)``, at least 1 (0, i.e. no ICD term, when IPC is 1)."""
     return 0 if ipc < 2 else max(1, round(0.2 * ipc))
 
 
 def icd_loss(syn: torch.Tensor, k: int) -> torch.Tensor:
-    """L_ICD of one class: ``-mean_i KL(softmax(e_i) || softmax(mean_{j in N_k(i)} e_j))``
+    """Decomposed DM's intra-class diversity L_ICD (Malakshan et al., WACV 2025; no equation
+    number on record) of one class: ``-mean_i KL(softmax(e_i) || softmax(mean_{j in N_k(i)} e_j))``
     where ``N_k(i)`` are the ``k`` nearest other synthetic embeddings of the class
     (Euclidean distance, chosen without gradient). Minimising it pushes each image
-    away from its neighbours (DDM's intra-class diversity).
+    away from its neighbours.
 
     Args:
         syn: ``[n, D]`` synthetic embeddings of one class.

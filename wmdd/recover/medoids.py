@@ -22,7 +22,10 @@ from wmdd.errors import UserError
 
 
 def medoid_assignment(features: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Indices of the real features assigned one-to-one to the support points.
+    """Indices of the real features assigned one-to-one to the support points: the toolkit's
+    barycenter-medoid selection (no equation of WMDD; the support is WMDD Sec. III-C's
+    barycenter), a linear assignment on Euclidean distances solved exactly by
+    ``scipy.optimize.linear_sum_assignment`` (Crouse 2016).
 
     Args:
         features: ``[N, D]`` teacher features of one class's real images (any float

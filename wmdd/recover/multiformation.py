@@ -46,7 +46,9 @@ def tile_side(side: int, factor: int) -> int:
 
 
 def decode(stored: torch.Tensor, factor: int) -> torch.Tensor:
-    """Decode stored images into training images.
+    """Decode stored images into training images: IDC's multi-formation decoding (Kim et
+    al., ICML 2022, Sec. 3.1; DANCE uses factor 2), each tile bilinearly upsampled to full
+    size, in image-major order (IDC's ``decode_zoom``: tile-major).
 
     Args:
         stored: ``[N, C, S, S]`` float (any space; normalised in this toolkit),
@@ -58,7 +60,7 @@ def decode(stored: torch.Tensor, factor: int) -> torch.Tensor:
         module docstring); differentiable w.r.t. ``stored``.
 
     Raises:
-        UserError: ``S`` not divisible by ``factor``.
+        UserError: ``factor < 1``, or ``S`` not divisible by ``factor``.
     """
     if factor == 1:
         return stored
@@ -69,8 +71,10 @@ def decode(stored: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def encode(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Place every ``factor**2`` consecutive images, downsampled, in the tiles of one
-    stored image (the inverse layout of :func:`decode`).
+    """IDC's multi-formation initialisation (Kim et al., ICML 2022, Sec. 3.1), downsampling
+    by block averaging where IDC uses nearest neighbour: place every ``factor**2``
+    consecutive images, downsampled, in the tiles of one stored image (the inverse layout
+    of :func:`decode`).
 
     Args:
         images: ``[N * factor**2, C, S, S]`` float; images ``i * factor**2 .. (i + 1) *
@@ -82,7 +86,7 @@ def encode(images: torch.Tensor, factor: int) -> torch.Tensor:
         image. ``decode(encode(x))`` therefore equals :func:`downsample_upsample` of ``x``.
 
     Raises:
-        UserError: ``S`` not divisible by ``factor``.
+        UserError: ``factor < 1``, or ``S`` not divisible by ``factor``.
         ValueError: the number of images is not a multiple of ``factor**2``.
     """
     if factor == 1:
@@ -99,7 +103,12 @@ def encode(images: torch.Tensor, factor: int) -> torch.Tensor:
 def downsample_upsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     """``[N, C, S, S]`` -> the same images at the tile resolution and back:
     ``factor x factor`` block average, then bilinear upsampling to ``S`` (what an
-    image goes through when it is encoded into a tile and decoded)."""
+    image goes through when it is encoded into a tile and decoded: IDC's multi-formation,
+    Kim et al., ICML 2022, Sec. 3.1). Same dtype and device.
+
+    Raises:
+        UserError: ``factor < 1``, or ``S`` not divisible by ``factor``.
+    """
     side = images.shape[-1]
     small = F.interpolate(images, size=(tile_side(side, factor),) * 2, mode="area")
     return F.interpolate(small, size=(side, side), mode="bilinear", align_corners=False)

@@ -40,13 +40,19 @@ def _optimizer(x: torch.Tensor, config: SynthesisConfig) -> torch.optim.Optimize
 
 def synthesize(objective: Objective, init: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
                config: SynthesisConfig) -> tuple[torch.Tensor, list[dict]]:
-    """Optimise ``init [G * ipc, 3, S, S]`` (normalised space, grouped by class) so that
-    ``objective(x, iteration)`` falls; pixels are clipped to ``[low, high]``
-    (``[1, 3, 1, 1]`` normalised pixel bounds) after every step.
+    """Optimise ``init [G * ipc, 3, S, S]`` float32 (normalised space, grouped by class) so
+    that ``objective(x, iteration)`` falls: Adam with betas (0.5, 0.9) (WMDD Tables V-VII) or
+    SGD with momentum (DM family), at a cosine-decayed lr ``lr * 0.5 (1 + cos(pi it /
+    iterations))`` (WMDD Tables V-VII) or a constant one (DM, Zhao & Bilen, WACV 2023).
+    Pixels are clipped to ``[low, high]`` (``[1, 3, 1, 1]`` normalised pixel bounds) after
+    every step as in WMDD's official code; the DM family's authors do not clip.
 
     Returns:
         ``(images [G * ipc, 3, S, S] float32 detached, curve)`` where ``curve`` is a
         list of ``{"iteration", "loss", "lr", <term>: value}`` records.
+
+    Raises:
+        ValueError: an unknown ``config.optimisation.optimizer``.
     """
     x = init.clone().requires_grad_(True)
     optimizer = _optimizer(x, config)

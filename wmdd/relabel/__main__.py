@@ -67,7 +67,7 @@ def list_images(images_dir: str | Path) -> tuple[list[str], list[int], list[str]
 def teacher_logits(teacher: nn.Module, items: Iterable[dict], device: torch.device, amp: bool
                    ) -> Iterator[torch.Tensor]:
     """The teacher's logits ``[B, C]`` on ``device`` (float32; bfloat16 with ``amp``) of
-    each item's ``views`` ``[B, 3, S, S]``, in order."""
+    each item's ``views`` ``[B, 3, S, S]``, in order: FKD's soft labels (Shen & Xing, ECCV 2022)."""
     for item in items:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = teacher(item["views"].to(device))

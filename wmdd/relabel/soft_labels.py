@@ -112,7 +112,9 @@ def write_meta(out: str | Path, meta: dict) -> Path:
 
 
 def epoch_record(plan: EpochPlan, logits: Iterable[torch.Tensor], top_k: int) -> dict[str, torch.Tensor]:
-    """The named tensors of one epoch file.
+    """The named tensors of one epoch file: FKD's soft labels (Shen & Xing, ECCV 2022), the
+    teacher's logits on the recorded views, kept as top-k fp16 next to the plan (the
+    official code stores full logits keyed by batch).
 
     Args:
         plan: the epoch's plan, N positions.

@@ -40,7 +40,9 @@ RATIO = (3 / 4, 4 / 3)
 
 @dataclass(frozen=True)
 class ViewSettings:
-    """How views are drawn.
+    """How views are drawn: FKD's relabelling views (Shen & Xing, ECCV 2022; no equation
+    number on record), defaults as in WMDD's official run.sh (random-resized crop of area
+    0.08-1, flip, CutMix).
 
     Attributes:
         batch_size: images per batch.
@@ -135,7 +137,8 @@ class EpochPlan:
 
 def cutmix_box(lam: float, size: int, generator: torch.Generator | None = None
                ) -> tuple[tuple[int, int, int, int], float]:
-    """CutMix box for coefficient ``lam`` in a ``size x size`` view (Yun et al. 2019, as in FKD/SRe2L):
+    """CutMix box for coefficient ``lam`` in a ``size x size`` view (CutMix, Yun et al., ICCV 2019,
+    as in FKD/SRe2L; no equation number on record):
     side ``size * sqrt(1 - lam)`` around a uniform random centre, clipped to the view.
     Uses ``generator`` (CPU), or the global torch RNG when it is ``None``.
 
@@ -151,12 +154,16 @@ def cutmix_box(lam: float, size: int, generator: torch.Generator | None = None
 
 
 def plan_epoch(image_sizes: list[tuple[int, int]], settings: ViewSettings, seed: int, epoch: int) -> EpochPlan:
-    """Draw epoch ``epoch``'s plan from ``(seed, epoch)`` alone.
+    """Draw epoch ``epoch``'s plan from ``(seed, epoch)`` alone: the crop boxes, flips and
+    mixes that FKD's soft-label relabelling (Shen & Xing, ECCV 2022) fixes for an epoch.
 
     Args:
         image_sizes: ``(height, width)`` of each image, in image-index order.
         settings: view settings.
         seed, epoch: the plan is a function of these (and the sizes) only.
+
+    Returns:
+        The :class:`EpochPlan` (dtypes and shapes there).
     """
     n, s = len(image_sizes), settings.input_size
     with torch.random.fork_rng(devices=[]):
@@ -216,8 +223,9 @@ def base_view(image: torch.Tensor, box: torch.Tensor, flip: bool, size: int, spe
 
 
 def mix_views(own: torch.Tensor, other: torch.Tensor, lam: float, mix_box: torch.Tensor, mix_type: str) -> torch.Tensor:
-    """Mix ``other [n, 3, S, S]`` into ``own`` (same shape): CutMix pastes ``other``'s box
-    region, MixUp blends ``lam * own + (1 - lam) * other``; ``none`` returns ``own``."""
+    """Mix ``other [n, 3, S, S]`` into ``own`` (same shape): CutMix (Yun et al., ICCV 2019)
+    pastes ``other``'s box region, MixUp (Zhang et al., ICLR 2018) blends
+    ``lam * own + (1 - lam) * other``; ``none`` returns ``own``."""
     if mix_type == "cutmix":
         top, left, h, w = mix_box.tolist()
         mixed = own.clone()
@@ -230,7 +238,7 @@ def mix_views(own: torch.Tensor, other: torch.Tensor, lam: float, mix_box: torch
 
 def cutmix_batch(x: torch.Tensor, prob: float, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CutMix of a whole batch with probability ``prob`` (IDC/DANCE's training: one
+    """CutMix (Yun et al., ICCV 2019) of a whole batch with probability ``prob`` (IDC/DANCE's training: one
     decision, one lambda ~ U(0, 1) = Beta(1, 1), one box and a random partner
     permutation per batch).
 
@@ -266,8 +274,8 @@ class DrawnEpochs:
 
 
 class PlannedBatches(Dataset):
-    """Item ``(epoch, b)`` = the views of batch ``b`` of epoch ``epoch``'s plan, exactly
-    as recorded, with what the loss needs. Each worker keeps the plan of the epoch it
+    """FKD's replay (Shen & Xing, ECCV 2022): item ``(epoch, b)`` = the views of batch ``b``
+    of epoch ``epoch``'s plan, exactly as recorded, with what the loss needs. Each worker keeps the plan of the epoch it
     is on, so one DataLoader (with its workers) serves every epoch of a run.
 
     Under ``torchrun`` each rank takes every ``world_size``-th position of each

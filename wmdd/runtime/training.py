@@ -48,12 +48,17 @@ def build_optimizer(name: str, params: Iterable, *, lr: float, weight_decay: flo
 def build_epoch_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
     """Learning-rate schedule stepped once per epoch.
 
-    ``cosine``: ``lr * 0.5 * (1 + cos(pi * epoch / epochs))`` (SRe2L/WMDD);
-    ``step``: x0.1 every 30 epochs; ``half``: x0.1 from epoch ``epochs // 2`` on
-    (the DM family's evaluation); ``multistep``: x0.2 from epoch ``2 epochs // 3`` on
-    and again from ``5 epochs // 6`` (IDC/DANCE's experts and evaluation); ``none``: constant.
+    ``cosine``: ``lr * 0.5 * (1 + cos(pi * epoch / epochs))`` (SRe2L/WMDD: the teacher, per
+    the official run.sh, and the FKD student, per train_FKD.py); ``step``: x0.1 every 30
+    epochs; ``half``: x0.1 from epoch ``epochs // 2`` on (the DM family's evaluation: DM,
+    Zhao & Bilen, WACV 2023, x0.1 at epoch 500 of 1,000); ``multistep``: x0.2 from epoch
+    ``2 epochs // 3`` on and again from ``5 epochs // 6`` (IDC/DANCE's experts and
+    evaluation); ``none``: constant.
     A decay never starts at epoch 0 (milestones are at least 1), so a run of one
     epoch (a CPU preset or a smoke test) trains at ``lr``, not at its decayed value.
+
+    Returns:
+        A ``torch.optim.lr_scheduler.LambdaLR``.
 
     Raises:
         UserError: unknown schedule name.

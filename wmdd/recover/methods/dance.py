@@ -61,7 +61,8 @@ from wmdd.recover.real_pool import RealPool
 
 
 def load_middle_encoder(net: nn.Module, experts: Experts, m: int, lam: float) -> nn.Module:
-    """Load expert ``m``'s middle encoder at ``lam`` (DANCE Eq. 3) into ``net`` in place:
+    """Load expert ``m``'s middle encoder at ``lam`` (DANCE, Zhang et al., IJCAI 2024, Eq. 3)
+    into ``net`` in place:
     ``lam * init + (1 - lam) * final``; ``lam = 1`` is the initial, ``lam = 0`` the
     trained expert. Returns ``net``."""
     net.load_state_dict(interpolate_state(experts.init[m], experts.final[m], lam))
@@ -84,7 +85,9 @@ def pixel_space_gradient(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 
 @register_method
 class DANCE(MultiFormation, MatchingMethod):
-    """``--method dance`` (see the module docstring)."""
+    """``--method dance``: DANCE (Zhang et al., IJCAI 2024), the middle encoder (DANCE Eq. 3),
+    the inner-class DM loss (Eq. 4) and the expert calibration (Eq. 6) on IDC multi-formation
+    images (see the module docstring)."""
 
     name = "dance"
     summary = "DANCE: middle encoders of pretrained experts + expert calibration + multi-formation " \
@@ -130,6 +133,15 @@ class DANCE(MultiFormation, MatchingMethod):
         self.std = torch.tensor(resources.spec.std, device=resources.device).view(1, -1, 1, 1)
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective:
+        """DANCE's iteration (Zhang et al., IJCAI 2024) per call: expert ``m`` and ``lambda ~
+        U(0, 1)`` from the class batch's seeded generator, the middle encoder (Eq. 3), then
+        per class the inner-class loss (Eq. 4: DM's mean-embedding distance on the middle
+        encoder) plus ``--calib-weight`` x the calibration (Eq. 6: the final expert's
+        cross-entropy, mean over the class's decoded images), summed over ``classes``. The
+        objective takes the stored images ``[G * ipc, 3, S, S]`` and returns ``(loss,
+        parts)`` with ``"inner"``, ``"calib"``, ``"expert"`` and ``"lambda"``. Unlike the
+        authors' code, the two views are summed into one SGD step per class batch and the
+        calibration reuses the inner view's augmented images."""
         args, device = self.res.args, self.res.device
         pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers)
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dance", batch))

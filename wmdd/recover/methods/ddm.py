@@ -43,7 +43,10 @@ FEATURE_POINTS = {"pre-norm": "pre_norm", "post-norm": "post_norm"}
 
 @register_method
 class DDM(DM):
-    """``--method ddm`` (see the module docstring)."""
+    """``--method ddm``: Decomposed DM (Malakshan et al., WACV 2025; no equation number on
+    record), ``L_DM + lambda (alpha L_MM + L_CM) + beta L_ICD`` per class, summed over the
+    classes as in the paper (the authors' code re-adds earlier classes' style losses; see
+    the module docstring)."""
 
     name = "ddm"
     summary = "decomposed DM: DM + style (moments, Gram) matching + intra-class diversity (Malakshan et al. 2025)"
@@ -78,8 +81,13 @@ class DDM(DM):
         self.where = FEATURE_POINTS[args.style_features]
 
     def match(self, real: torch.Tensor, syn: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, dict]:
-        """DM's loss plus the style and diversity terms, summed over the classes.
-        Returns ``(loss, parts)`` with the unweighted sum over classes of each term."""
+        """Decomposed DM's objective (Malakshan et al., WACV 2025; no equation number on
+        record): DM Eq. 4 + ``--style-weight`` x (``--mm-weight`` L_MM + L_CM) on the block
+        feature maps + ``--icd-weight`` L_ICD, per class, summed over the classes, for
+        ``real [sum n_j, 3, S, S]`` and ``syn [G * ipc, 3, S, S]`` as
+        :meth:`DM.augmented_batches` gives them. Returns ``(loss, parts)``: scalar float32
+        and the unweighted sum over classes of each term in use (``"dm"``, ``"mm"``,
+        ``"cm"``, ``"icd"``)."""
         args = self.res.args
         with torch.no_grad():
             real_maps, real_emb = block_outputs(self.net, real, self.where)

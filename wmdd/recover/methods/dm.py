@@ -34,8 +34,8 @@ from wmdd.recover.real_pool import RealPool
 
 def reinitialise(net: nn.Module) -> None:
     """Draw fresh weights for every layer of ``net`` in place (PyTorch's default
-    initialisation, from the global RNG): DM's "randomly initialised network"
-    without reallocating it."""
+    initialisation, from the global RNG): the randomly initialised embedding network of
+    DM (Zhao & Bilen, WACV 2023), a new one each iteration, without reallocating it."""
     for module in net.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
@@ -44,7 +44,7 @@ def reinitialise(net: nn.Module) -> None:
 class MatchingMethod(RecoverMethod):
     """Options and optimiser shared by the distribution-matching family (DM, DDM,
     DANCE): ``--batch-real``, ``--dsa-strategy``, ``--momentum``; SGD with a constant
-    learning rate. Not registered itself."""
+    learning rate on the pixels, as in DM (Zhao & Bilen, WACV 2023). Not registered itself."""
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -66,7 +66,8 @@ class MatchingMethod(RecoverMethod):
 
 @register_method
 class DM(MatchingMethod):
-    """``--method dm`` (see the module docstring)."""
+    """``--method dm``: DM (Zhao & Bilen, WACV 2023), DM Eq. 4 per class under a shared
+    DSA draw with a freshly initialised ``convnet_in`` each iteration (see the module docstring)."""
 
     name = "dm"
     summary = "distribution matching: mean embeddings of random networks, DSA (Zhao & Bilen 2023)"
@@ -96,17 +97,19 @@ class DM(MatchingMethod):
                                 input_size=resources.input_size).to(resources.device).requires_grad_(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding ``[B, D]`` of the current random network (DM: the flattened last block)."""
+        """The embedding of DM Eq. 4: ``x [B, 3, S, S]`` float32 -> ``[B, D]`` of the current
+        random network (DM: the flattened last block, the classifier's input)."""
         return penultimate_features(self.net, x)
 
     def augmented_batches(self, x: torch.Tensor, classes: list[int], pool: RealPool,
                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """For each class ``j`` of the batch, a fresh real batch and the class's synthetic
-        images ``x[j * ipc:(j + 1) * ipc]`` under one shared DSA draw.
+        """For each class ``j`` of the batch, a fresh real batch (``--batch-real``) and the
+        class's synthetic images ``x[j * ipc:(j + 1) * ipc]`` under one shared DSA draw
+        (DSA's siamese augmentation, Zhao & Bilen, ICML 2021, as DM applies it).
 
         Returns:
-            ``(real [sum n_j, 3, S, S], syn [G * ipc, 3, S, S], n_j per class)``,
-            concatenated in class order (one forward pass each).
+            ``(real [sum n_j, 3, S, S], syn [G * ipc, 3, S, S], n_j per class)``, float32
+            normalised, concatenated in class order (one forward pass each).
         """
         ipc, device = self.res.args.ipc, self.res.device
         reals, syns, sizes = [], [], []
@@ -119,6 +122,9 @@ class DM(MatchingMethod):
         return torch.cat(reals), torch.cat(syns), sizes
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective:
+        """DM's iteration (Zhao & Bilen, WACV 2023) per call: re-initialise the network, draw
+        each class's real batch and shared DSA draw from the class batch's seeded generator,
+        and return :meth:`match` (DM Eq. 4 summed over ``classes``)."""
         args = self.res.args
         pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers)
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa", batch))
@@ -131,8 +137,9 @@ class DM(MatchingMethod):
         return objective
 
     def match(self, real: torch.Tensor, syn: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, dict]:
-        """The loss of one iteration from :meth:`augmented_batches`' output: DM Eq. 4
-        summed over the classes. Returns ``(loss, {"dm": value})``."""
+        """The loss of one iteration from :meth:`augmented_batches`' output: DM (Zhao &
+        Bilen, WACV 2023) Eq. 4 summed over the classes, real embeddings without gradient.
+        Returns ``(loss, {"dm": loss detached})``, scalar float32."""
         with torch.no_grad():
             real_emb = self.embed(real).split(sizes)
         syn_emb = self.embed(syn).split(self.res.args.ipc)

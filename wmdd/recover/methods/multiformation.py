@@ -30,7 +30,8 @@ def factor(args: argparse.Namespace) -> int:
 
 
 class MultiFormation(RecoverMethod):
-    """Mixin of ``--factor`` (DANCE's and WMDD's ``defaults`` set 2; unset means 1)."""
+    """Mixin of ``--factor``: IDC's multi-formation (Kim et al., ICML 2022, Sec. 3.1), as
+    DANCE uses it (DANCE's and WMDD's ``defaults`` set 2; unset means 1)."""
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -43,7 +44,8 @@ class MultiFormation(RecoverMethod):
         return factor(args) ** 2
 
     def initial_images(self, real: torch.Tensor) -> torch.Tensor:
-        """``factor**2`` real images per stored image, downsampled into its tiles
+        """IDC's initialisation from real images (block-averaged, IDC: nearest neighbour):
+        ``factor**2`` real images per stored image, downsampled into its tiles
         (``[G * ipc * factor**2, 3, S, S]`` -> ``[G * ipc, 3, S, S]``, :func:`wmdd.recover.multiformation.encode`)."""
         return encode(real, factor(self.res.args))
 

@@ -83,9 +83,11 @@ class Optimisation:
     """How the shared loop optimises the pixels of a method.
 
     Attributes:
-        optimizer: ``"adam"`` (betas 0.5, 0.9; WMDD/SRe2L) or ``"sgd"`` (DM family).
+        optimizer: ``"adam"`` (betas 0.5, 0.9; WMDD Tables V-VII, SRe2L) or ``"sgd"``
+            (DM family, Zhao & Bilen, WACV 2023).
         momentum: SGD momentum (ignored by Adam).
-        schedule: ``"cosine"`` (decay to 0 over the iterations) or ``"constant"``.
+        schedule: ``"cosine"`` (decay to 0 over the iterations; WMDD Tables V-VII) or
+            ``"constant"`` (DM family).
 
     Every method's pixels are clipped to the valid range after each step: the
     images are stored as 8-bit PNGs, so what is optimised is what is evaluated.

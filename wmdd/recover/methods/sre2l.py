@@ -9,9 +9,11 @@ from wmdd.recover.methods.wmdd import PAPER_DEFAULTS, WMDD
 
 @register_method
 class SRe2L(WMDD):
-    """``--method sre2l``: WMDD's loop at the published settings (:data:`PAPER_DEFAULTS`)
-    with CE weight 1, global BN, no barycenter (WMDD Table III's SRe2L row); every WMDD
-    option applies."""
+    """``--method sre2l``: SRe2L's recover loss (Yin et al., NeurIPS 2023; no equation number
+    on record), CE + the global BN regulariser (WMDD Eq. 6 with one group), in WMDD's loop at
+    the published settings (:data:`PAPER_DEFAULTS`) with CE weight 1 and no barycenter (WMDD
+    Table III's SRe2L row); every WMDD option applies. The global BN statistics are exact,
+    not SRe2L's BN running averages."""
 
     name = "sre2l"
     summary = "teacher cross-entropy + global BN statistics (SRe2L)"

@@ -20,7 +20,8 @@ from wmdd.recover.methods.registry import Objective, Resources, register_method
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """The per-iteration random view of the batch (WMDD/SRe2L).
+    """The per-iteration random view of the batch (WMDD's and SRe2L's official code; no
+    equation of either paper).
 
     Attributes:
         min_scale, max_scale: area range of the random-resized crop.
@@ -39,8 +40,9 @@ class ViewConfig:
 def augment(x: torch.Tensor, config: ViewConfig) -> torch.Tensor:
     """One random view of the whole batch ``x [B, 3, S, S]`` (differentiable): the same
     random-resized crop (area ``[min_scale, max_scale]``) and horizontal flip for every
-    image, as in SRe2L/WMDD (each switchable), then a random roll by 0 to ``jitter``
-    pixels on each axis (wrapping around). Uses the global torch RNG."""
+    image, as in SRe2L's and WMDD's official code (each switchable; no equation of either
+    paper), then a random roll by 0 to ``jitter`` pixels on each axis (wrapping around).
+    Returns the same shape and dtype. Uses the global torch RNG."""
     view = x
     if config.random_crop:
         view = v2.RandomResizedCrop(x.shape[-1], scale=(config.min_scale, config.max_scale), antialias=False)(view)
@@ -53,12 +55,13 @@ def augment(x: torch.Tensor, config: ViewConfig) -> torch.Tensor:
 
 
 def default_jitter(input_size: int) -> int:
-    """WMDD's 32-pixel roll at 224 px, scaled to the input side: ``round(S * 32 / 224)``."""
+    """WMDD's 32-pixel roll at 224 px (its official code's ``jitter``), scaled to the input
+    side: ``round(S * 32 / 224)``."""
     return round(input_size * 32 / 224)
 
 
 class BarycenterMethod(MultiFormation):
-    """Base of the methods that use the class barycenters of the teacher's features
+    """Base of the methods that use the class barycenters (WMDD Sec. III-C) of the teacher's features
     (``wmdd``, ``sre2l``, ``medoids``): their solver options, ``--init medoid`` and
     multi-formation (``--factor F``, unset = 1): each class then has ``IPC * F**2``
     barycenter support points, one per decoded image, and the teacher sees the
@@ -98,10 +101,10 @@ PAPER_DEFAULTS = {"lr": 0.25, "iterations": 2000, "init": "noise", "r_bn": 0.01,
 
 @register_method
 class WMDD(BarycenterMethod):
-    """``--method wmdd``: barycenter feature matching + per-class BN statistics, no CE
-    (the paper's best row, Table III), in the toolkit's recipe: multi-formation factor 2
-    (``IPC * 4`` barycenter support points, each stored image holds 4 tiles), started
-    from the barycenter medoids (``--init medoid``), Adam lr 0.05, 200 iterations. On
+    """``--method wmdd``: WMDD Eq. 7 with barycenter feature matching (Eq. 5) + per-class BN
+    statistics (Eq. 6), no CE (the paper's best row, Table III), in the toolkit's recipe:
+    multi-formation factor 2 (``IPC * 4`` barycenter support points, each stored image
+    holds 4 tiles), started from the barycenter medoids (``--init medoid``), Adam lr 0.05, 200 iterations. On
     CIFAR-10 IPC 10 under FKD soft labels this recipe beats random real images and
     random real images at the same pixel budget (``benchmarks/RESULTS.md``, issue 16);
     ``--method wmdd-paper`` is the published recipe. ``--no-wb``, ``--no-per-class-bn``
@@ -165,6 +168,9 @@ class WMDD(BarycenterMethod):
         return args.jitter if args.jitter is not None else default_jitter(input_size)
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective:
+        """WMDD Eq. 7 (:class:`wmdd.recover.losses.RecoverObjective`) of one random view
+        (:func:`augment`) of the batch's decoded images per call, matched in order to the
+        classes' barycenter support points (``[G * ipc * factor**2, D]``)."""
         device, args = self.res.device, self.res.args
         labels = torch.tensor(classes, device=device)
         target = None
@@ -188,8 +194,10 @@ class WMDD(BarycenterMethod):
 
 @register_method
 class WMDDPaper(WMDD):
-    """``--method wmdd-paper``: WMDD exactly as published (:data:`PAPER_DEFAULTS`: noise
-    init, lr 0.25, 2,000 iterations, no multi-formation); every WMDD option applies.
+    """``--method wmdd-paper``: WMDD exactly as published (WMDD Eq. 5-7, :data:`PAPER_DEFAULTS`:
+    noise init, lr 0.25, 2,000 iterations, no multi-formation); every WMDD option applies.
+    ``r_bn`` 0.01 is the official run.sh fallback; the paper's lambda is 10 (Imagenette)
+    and 500 (Tiny-ImageNet, ImageNet-1k), given with ``--r-bn``.
     Its images are bit-identical to those of ``--method wmdd`` before the toolkit's
     recipe became that method's default."""
 
