@@ -59,8 +59,9 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _call(module: str, argv: list, capsys) -> tuple[int, str]:
-    """Run ``python -m module argv`` in this process; its exit status and stderr."""
-    main = importlib.import_module(module if "." in module else f"{module}.__main__").main
+    """Run ``wmdd module argv`` (a stage name) or ``python -m module argv`` (a dotted module) in this
+    process; its exit status and stderr."""
+    main = importlib.import_module(module if "." in module else f"wmdd.{module}.__main__").main
     with pytest.raises(SystemExit) as exc:
         run_main(main, [str(a) for a in argv])
     return exc.value.code, capsys.readouterr().err

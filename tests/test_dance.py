@@ -23,7 +23,8 @@ from wmdd.models.experts import interpolate_state, load_experts
 from wmdd.relabel.views import cutmix_batch
 from wmdd.recover.methods.dance import load_middle_encoder, pixel_space_gradient
 from tests.conftest import EXPERT_FLAGS, kill_when, run_module, torchrun
-from wmdd.train.student import PROTOCOLS, build_parser
+from wmdd.train.protocols import PROTOCOLS
+from wmdd.train.student import build_parser
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -120,9 +121,9 @@ def test_cutmix_with_probability_0_draws_nothing_and_mixes_nothing():
 
 def test_dance_protocol_is_the_dsa_protocol_with_cutmix_and_multiformation():
     dance = parse_with_config(build_parser(), ["--protocol", "dance"], "train", variant="protocol",
-                              variant_defaults=PROTOCOLS)
+                              variant_defaults=PROTOCOLS.defaults())
     dsa = parse_with_config(build_parser(), ["--protocol", "dsa"], "train", variant="protocol",
-                            variant_defaults=PROTOCOLS)
+                            variant_defaults=PROTOCOLS.defaults())
     assert (dance.cutmix_prob, dance.epochs, dance.batch_size) == (0.5, 1500, 64)
     assert (dsa.cutmix_prob, dsa.epochs, dsa.batch_size, dsa.lr_scheduler) == (0.0, 1000, 256, "half")
     assert dance.factor is None and dsa.factor is None  # the set's recorded factor (train.student.resolve_factor)

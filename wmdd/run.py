@@ -28,7 +28,6 @@ from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT, NON_NEGATIVE, POSITIVE, SEED
 from wmdd.options.parsing import StageParser, run_main
 
-PROTOCOLS = ("fkd", "dsa", "dance")
 STAGES = ("pretrain", "recover", "relabel", "train")
 CONFIGS = Path(__file__).resolve().parent / "configs"
 #: seconds between updates of a running stage's ``.wall_seconds``
@@ -79,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "classes, 2 teacher epochs, 5 recover iterations, 2 epochs")
     p.add_argument("--method", default="wmdd", choices=method_names(), metavar="NAME",
                    help=f"recover method: {' '.join(method_names())} [wmdd]")
-    p.add_argument("--protocol", default="fkd", choices=PROTOCOLS,
+    from wmdd.train.protocols import PROTOCOLS
+
+    p.add_argument("--protocol", default="fkd", choices=PROTOCOLS.names(),
                    help="evaluation: fkd = teacher soft labels (relabel + train); dsa = hard labels + DSA "
                         "(no relabel); dance = dsa with DANCE's CutMix and schedule [fkd]")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -131,14 +132,15 @@ def _stage_checks() -> dict:
     from wmdd.pretrain.__main__ import parse_args as pretrain_args
     from wmdd.recover.options import build_parser as recover_parser, resolve_args
     from wmdd.relabel.__main__ import build_parser as relabel_parser
-    from wmdd.train.student import PROTOCOLS as TRAIN_PROTOCOLS, build_parser as train_parser, training_mode
+    from wmdd.train.protocols import PROTOCOLS as TRAIN_PROTOCOLS
+    from wmdd.train.student import build_parser as train_parser, training_mode
 
     return {
         "pretrain": pretrain_args,
         "recover": lambda argv: resolve_args(parse_with_config(recover_parser(), argv, "recover", variant="method")),
         "relabel": lambda argv: parse_with_config(relabel_parser(), argv, "relabel"),
         "train": lambda argv: training_mode(parse_with_config(train_parser(), argv, "train", variant="protocol",
-                                                              variant_defaults=TRAIN_PROTOCOLS)),
+                                                              variant_defaults=TRAIN_PROTOCOLS.defaults())),
     }
 
 

@@ -153,7 +153,7 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
         for key in items:
             if str(key).replace("-", "_") not in known or key == "config":
                 raise UserError(f"{path}: unknown {where} setting {key!r}; "
-                                f"see `python -m {stage} --help` for the valid options")
+                                f"see `wmdd {stage} --help` for the valid options")
     actions: dict[str, argparse.Action] = {}
     for a in parser._actions:  # of several options sharing a dest (--cos), the one that checks values
         if a.dest not in actions or isinstance(a.type, Bounded) or a.choices is not None:

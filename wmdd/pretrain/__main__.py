@@ -34,7 +34,7 @@ from wmdd.data.transforms import eval_transform, train_transform
 from wmdd.models import create_model, model_names, parse_model_kwargs
 from wmdd.models.bn_stats import compute_bn_statistics
 from wmdd.models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
-from wmdd.pretrain.experts import EXPERT_DEFAULTS, EXPERT_ONLY, train_experts
+from wmdd.pretrain.experts import EXPERT_ONLY, PRETRAIN_KINDS, train_experts
 from wmdd.pretrain.loop import train_one_epoch
 
 log = logging.getLogger("wmdd.pretrain")
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     given: command line > YAML > those defaults > the teacher's defaults."""
     parser = build_parser()
     if parser.parse_known_args(argv)[0].experts is not None:
-        parser.set_defaults(**EXPERT_DEFAULTS)
+        parser.set_defaults(**PRETRAIN_KINDS["experts"].defaults)
     return parse_with_config(parser, argv, "pretrain")
 
 
@@ -92,9 +92,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.stats_only != bool(args.teacher):
         raise UserError("--stats-only and --teacher CKPT go together")
     if args.experts is None:
-        given = [k for k in EXPERT_ONLY if getattr(args, k) is not None]
-        if given:
-            raise UserError(f"--{given[0].replace('_', '-')} is an option of --experts N; drop it")
+        PRETRAIN_KINDS.refuse_foreign(args, "teacher", fix=" or pass --experts N")
         return
     if args.stats_only:
         raise UserError("--experts and --stats-only are alternatives; pass one")

@@ -49,6 +49,7 @@ from wmdd.data.transforms import eval_pixels_transform, eval_transform, normaliz
 from wmdd.relabel.views import cutmix_batch
 from wmdd.models import create_model, parse_model_kwargs
 from wmdd.models.experts import EXPERTS_FILE, cpu_state, part_path, save_part, write_experts
+from wmdd.options.variants import Variant, VariantRegistry
 
 log = logging.getLogger("wmdd.pretrain")
 
@@ -59,6 +60,12 @@ EXPERT_DEFAULTS = {"model": "convnet_in", "epochs": 60, "batch_size": 64, "lr": 
 
 #: Options that only ``--experts`` uses (left out of a teacher run's recorded arguments).
 EXPERT_ONLY = ("experts", "dsa_strategy", "cutmix_prob")
+
+#: What pretrain trains: a teacher, or DANCE's experts (``--experts N``), as registered variants
+#: (:class:`wmdd.options.variants.VariantRegistry`) that say which option belongs to which.
+PRETRAIN_KINDS = VariantRegistry("pretrain")
+PRETRAIN_KINDS.register(Variant("teacher", help="a teacher with its per-class BN statistics"))
+PRETRAIN_KINDS.register(Variant("experts", EXPERT_DEFAULTS, EXPERT_ONLY, "DANCE's experts (--experts N)"))
 
 
 def uint8_images(dataset, spec, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,14 +34,16 @@ from wmdd.io.manifest import finished_with_same_args, record_run_args, run_argum
 from wmdd.relabel.soft_labels import meta_path
 from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
 from wmdd.models import create_model, parse_model_kwargs
-from wmdd.train.student import PROTOCOLS, StudentRun, build_parser, resolve_factor, train_epoch, training_mode
+from wmdd.train.protocols import PROTOCOLS
+from wmdd.train.student import StudentRun, build_parser, resolve_factor, train_epoch, training_mode
 
 log = logging.getLogger("wmdd.train")
 RESUME_IGNORES = ("workers", "device", "config")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS)
+    args = parse_with_config(build_parser(), argv, "train", variant="protocol",
+                             variant_defaults=PROTOCOLS.defaults())
     training_mode(args)
     resolve_factor(args)
     out = Path(args.output_dir)
