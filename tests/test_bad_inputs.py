@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import run_module
 from wmdd.options.bounds import Bounded
 from wmdd.options.parsing import run_main
-from tests.conftest import run_module
 
 #: Every command-line parser of the toolkit with numeric options, by module.
 PARSERS = {
@@ -29,8 +29,10 @@ PARSERS = {
     "relabel": lambda: importlib.import_module("wmdd.relabel.__main__").build_parser(),
     "train": lambda: importlib.import_module("wmdd.train.student").build_parser(),
     "wmdd.tools.make_pseudo_labels": lambda: importlib.import_module("wmdd.tools.make_pseudo_labels").build_parser(),
-    "wmdd.data.prepare extract": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(), "extract"),
-    "wmdd.data.prepare digits": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(), "digits"),
+    "wmdd.data.prepare extract": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(),
+                                                    "extract"),
+    "wmdd.data.prepare digits": lambda: _subparser(importlib.import_module("wmdd.data.prepare").build_parser(),
+                                                   "digits"),
 }
 
 
@@ -133,7 +135,8 @@ CASES = [
     ("input size 0", "recover", lambda c, t: ["--dataset", "cifar10", "--data-path", c["data"], "--output-dir",
                                               c["out"], "--method", "random-real", "--input-size", "0"],
      "argument --input-size: '0' is out of range: expected an integer >= 1"),
-    ("clusters 0", "wmdd.tools.make_pseudo_labels", lambda c, t: ["--checkpoint", c["teacher"], "--data-path", c["data"],
+    ("clusters 0", "wmdd.tools.make_pseudo_labels", lambda c, t: ["--checkpoint", c["teacher"], "--data-path",
+                                                                   c["data"],
                                                             "--output", c["out"] / "pl.csv", "--clusters", "0"],
      "argument --clusters: '0'"),
     ("yaml text for an integer", "train",

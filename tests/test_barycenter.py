@@ -9,8 +9,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, kmeans_plusplus
 
 from wmdd.data.folders import image_folder, split_dir
-from wmdd.errors import UserError
 from wmdd.data.transforms import eval_transform
+from wmdd.errors import UserError
 from wmdd.models.teacher import load_teacher
 from wmdd.recover.barycenter import (
     alternate,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import DistContext
+from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform
 from wmdd.models import create_model
 from wmdd.models.bn_stats import BNInputCapture, batchnorm_layers, compute_bn_statistics
+from wmdd.runtime.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 

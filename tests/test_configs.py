@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wmdd.options.config import STAGES, config_defaults, load_yaml_section
 from wmdd.data.datasets import get_spec
 from wmdd.errors import UserError
+from wmdd.options.config import STAGES, config_defaults, load_yaml_section
 
-PARSER_MODULES = {"pretrain": "wmdd.pretrain.__main__", "recover": "wmdd.recover.options", "relabel": "wmdd.relabel.__main__",
+PARSER_MODULES = {"pretrain": "wmdd.pretrain.__main__", "recover": "wmdd.recover.options",
+                  "relabel": "wmdd.relabel.__main__",
                   "train": "wmdd.train.student"}
 VARIANTS = {"recover": "method", "train": "protocol"}
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "wmdd" / "configs").glob("*.yaml"))

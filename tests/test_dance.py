@@ -14,15 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmdd.options.config import parse_with_config
-from wmdd.data.folders import image_folder, load_image, split_dir
+from tests.conftest import EXPERT_FLAGS, kill_when, run_module, torchrun
 from wmdd.data.datasets import get_spec
-from wmdd.recover.multiformation import decode, encode
+from wmdd.data.folders import image_folder, load_image, split_dir
 from wmdd.data.transforms import eval_transform
 from wmdd.models.experts import interpolate_state, load_experts
-from wmdd.relabel.views import cutmix_batch
+from wmdd.options.config import parse_with_config
 from wmdd.recover.methods.dance import load_middle_encoder, pixel_space_gradient
-from tests.conftest import EXPERT_FLAGS, kill_when, run_module, torchrun
+from wmdd.recover.multiformation import decode, encode
+from wmdd.relabel.views import cutmix_batch
 from wmdd.train.protocols import PROTOCOLS
 from wmdd.train.student import build_parser
 
@@ -178,7 +178,8 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
     proc = run_module("wmdd.tools.decode_images", "--images", decoded / "images", "--output-dir", tmp_path / "again",
                       check=False)
     assert proc.returncode == 2 and "not a multi-formation set" in proc.stderr
-    proc = run_module("wmdd.tools.decode_images", "--images", rec / "images", "--output-dir", rec / "decoded", check=False)
+    proc = run_module("wmdd.tools.decode_images", "--images", rec / "images", "--output-dir", rec / "decoded",
+                      check=False)
     assert proc.returncode == 2 and "inside the recover run" in proc.stderr and not (rec / "decoded").exists()
     proc = run_module("wmdd.tools.decode_images", "--images", tmp_path / "none" / "images", "--output-dir",
                       tmp_path / "d2", check=False)

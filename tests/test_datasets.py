@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from wmdd.data.folders import image_folder, load_image, load_splits, select_per_class, split_dir
 from wmdd.data.datasets import dataset_names, get_spec, resolve_spec, stem_for_size
-from wmdd.errors import UserError
+from wmdd.data.folders import image_folder, load_image, load_splits, select_per_class, split_dir
 from wmdd.data.transforms import denormalize, eval_transform, pixel_bounds, to_normalized_tensor, train_transform
+from wmdd.errors import UserError
 from wmdd.relabel.views import DrawnEpochs, PlannedBatches, ViewSettings, image_sizes
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from wmdd.data.datasets import get_spec
-from wmdd.recover.dsa import FAMILIES, DSADraw, DSAParams, apply_draw, augment, draw_params, siamese
-from wmdd.errors import UserError
 from wmdd.data.transforms import pixel_bounds, to_normalized_tensor
+from wmdd.errors import UserError
+from wmdd.recover.dsa import FAMILIES, DSADraw, DSAParams, apply_draw, augment, draw_params, siamese
 
 SIDE = 32
 

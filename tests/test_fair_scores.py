@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import REPO, run_module
 from wmdd.tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
 from wmdd.tools.plot_results import improvements
-from wmdd.tools.summarize_run import format_summary, variant as variant_name
+from wmdd.tools.summarize_run import format_summary
+from wmdd.tools.summarize_run import variant as variant_name
 
 WMDD = "wmdd: WB, per-class BN"
 RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults (the variant name leaves out r_bn)

@@ -6,14 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.recover.dsa import DSAParams, siamese
+from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform
 from wmdd.models import create_model
 from wmdd.models.convnet import block_outputs
-from wmdd.recover.matching import (class_gram, class_moments, correlation_loss, icd_loss, icd_neighbours,
-                              mean_embedding_loss, moments_loss)
+from wmdd.recover.dsa import DSAParams, siamese
+from wmdd.recover.matching import (
+    class_gram,
+    class_moments,
+    correlation_loss,
+    icd_loss,
+    icd_neighbours,
+    mean_embedding_loss,
+    moments_loss,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import run_module
 from wmdd.data.folders import image_folder, load_image, split_dir
-from wmdd.errors import UserError
-from wmdd.recover.multiformation import encode
 from wmdd.data.transforms import eval_transform
+from wmdd.errors import UserError
 from wmdd.models.teacher import load_teacher
 from wmdd.recover.barycenter import exact_barycenter
 from wmdd.recover.features import extract_features
 from wmdd.recover.medoids import medoid_assignment
-from tests.conftest import run_module
+from wmdd.recover.multiformation import encode
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

@@ -8,8 +8,14 @@ import torch.nn as nn
 
 from wmdd.data.datasets import get_spec
 from wmdd.errors import UserError
-from wmdd.models import (block_outputs, create_model, forward_with_features, model_names, parse_model_kwargs,
-                    penultimate_features)
+from wmdd.models import (
+    block_outputs,
+    create_model,
+    forward_with_features,
+    model_names,
+    parse_model_kwargs,
+    penultimate_features,
+)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnet", "convnet_in", "vit_tiny"])

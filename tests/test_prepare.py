@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wmdd.data.folders import load_splits
-from wmdd.errors import UserError
-from wmdd.data.prepare import build_digits, extract, reorganize_tiny_imagenet
 from tests.conftest import CIFAR10_MINI, run_module
+from wmdd.data.folders import load_splits
+from wmdd.data.prepare import build_digits, extract, reorganize_tiny_imagenet
+from wmdd.errors import UserError
 
 
 def test_extract_subset_of_real_cifar10(cifar_root):

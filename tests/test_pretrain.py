@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from wmdd.models.teacher import load_teacher
 from tests.conftest import REPO, run_module, torchrun
+from wmdd.models.teacher import load_teacher
 
 SMALL = ["--model", "convnet", "--model-kwargs", "width=16", "--batch-size", "32"]
 
@@ -61,7 +61,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
     epochs = "4"
     run_module("wmdd.pretrain", *_pretrain_args(cifar_root, tmp_path / "full", "--epochs", epochs))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "wmdd.pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
+    proc = subprocess.Popen([sys.executable, "-m", "wmdd.pretrain",
+                             *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (killed / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -153,7 +154,8 @@ def test_bad_input_exits_non_zero_naming_the_path(cifar_root, tmp_path, case):
 
 
 def test_unknown_dataset_exits_non_zero(cifar_root, tmp_path):
-    proc = run_module("wmdd.pretrain", "--dataset", "cifar11", "--data-path", cifar_root, "--output-dir", tmp_path / "o",
+    proc = run_module("wmdd.pretrain", "--dataset", "cifar11", "--data-path", cifar_root, "--output-dir",
+                      tmp_path / "o",
                       check=False)
     assert proc.returncode == 2 and "unknown dataset 'cifar11'" in proc.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wmdd.errors import UserError
 from tests.conftest import run_module
+from wmdd.errors import UserError
 from wmdd.train.pseudo_labels import parse_pseudo_label_csv
 
 CLASSES = ["cat", "dog", "frog"]
@@ -49,7 +49,8 @@ def _parse(tree, csv, allow=False):
 
 
 @pytest.mark.parametrize("sep,quote,space", [(";", "", ""), ("\t", "", ""), (";", '"', ""), (",", '"', " "),
-                                             (";", "", " ")], ids=["semicolon", "tab", "quoted", "spaced", "semi-spaced"])
+                                             (";", "", " ")],
+                         ids=["semicolon", "tab", "quoted", "spaced", "semi-spaced"])
 def test_spreadsheet_csv_dialects_read_like_the_plain_csv(tree, tmp_path, sep, quote, space):
     root, images = tree
     rows = [(os.path.relpath(images[i], root), i % len(CLASSES)) for i in (0, 3, 7)]
@@ -154,7 +155,8 @@ def test_pseudo_labels_equal_to_folder_labels_match_hard_label_training(cifar_ro
 def test_bad_csv_fails_the_train_command_with_the_row(cifar_root, tmp_path):
     csv = tmp_path / "labels.csv"
     pd.DataFrame([{"image_path": "train/cat/nope.jpg", "pseudo_label_class_index": 1}]).to_csv(csv, index=False)
-    proc = run_module("wmdd.train", "--train-dir", cifar_root / "train", "--data-path", cifar_root, "--dataset", "cifar10",
+    proc = run_module("wmdd.train", "--train-dir", cifar_root / "train", "--data-path", cifar_root, "--dataset",
+                      "cifar10",
                       "--pseudo-label-csv", csv, "--output-dir", tmp_path / "o", check=False)
     assert proc.returncode == 2 and f"{csv}: row 1 (line 2)" in proc.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import run_module
 from wmdd.data.folders import image_folder, split_dir
-from wmdd.runtime.training import derive_seed
 from wmdd.data.transforms import eval_transform, to_normalized_tensor
 from wmdd.models import penultimate_features
 from wmdd.models.teacher import load_teacher
 from wmdd.recover.batches import class_batches
-from tests.conftest import run_module
+from wmdd.runtime.training import derive_seed
 
 
 def _recover(teacher, root, out, *extra, check=True, env=None):

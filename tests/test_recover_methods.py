@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import kill_when, run_module, torchrun
 from wmdd.models import create_model
 from wmdd.models.teacher import load_teacher
 from wmdd.recover.methods import get_method, method_names
-from tests.conftest import kill_when, run_module, torchrun
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 #: Per method: IPC 2, 2 classes per batch (5 batches), a few iterations.

@@ -18,12 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
+from tests.conftest import REPO, run_module, torchrun
 from wmdd.data.datasets import DatasetSpec
 from wmdd.errors import UserError
+from wmdd.models.teacher import load_teacher
 from wmdd.relabel.soft_labels import SoftLabels, dense_logits
 from wmdd.relabel.views import DrawnEpochs, EpochPlan, PlannedBatches, ViewSettings, image_sizes, plan_epoch
-from wmdd.models.teacher import load_teacher
-from tests.conftest import REPO, run_module, torchrun
 from wmdd.train.data import load_image_set
 from wmdd.train.losses import kd_loss, mixed_cross_entropy
 

@@ -1,4 +1,5 @@
-"""``wmdd run`` through its ``run.sh`` shim, the pseudo-label runner and the tools, end to end on\nthe committed real CIFAR-10 subset."""
+"""``wmdd run`` through its ``run.sh`` shim, the pseudo-label runner and the tools, end to end on
+the committed real CIFAR-10 subset."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_debug_run_produces_every_stage_and_a_results_row(debug_run):
     decoded = json.loads((exp / "decoded" / "manifest.json").read_text())
     assert (decoded["stage"], decoded["source_factor"], decoded["num_images"]) == ("decode", 2, 80)
     for stage in ("relabel", "train"):  # the FKD stages read the decoded images
-        assert json.loads((exp / stage / "manifest.json").read_text())["args"]["images"] == str(exp / "decoded" / "images")
+        recorded = json.loads((exp / stage / "manifest.json").read_text())["args"]["images"]
+        assert recorded == str(exp / "decoded" / "images")
     assert 0 <= rows["top1"][0] <= 100 and 0 <= rows["teacher_top1"][0] <= 100
     assert "student convnet: top-1" in proc.stdout and "wall time: pretrain" in proc.stdout
 
@@ -159,7 +161,8 @@ def test_bad_flags_print_one_error_line(args, message):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--recover-args", "--r-bn -1"], "argument --r-bn: '-1' is out of range: expected a number >= 0 (see wmdd recover"),
+    (["--recover-args", "--r-bn -1"],
+     "argument --r-bn: '-1' is out of range: expected a number >= 0 (see wmdd recover"),
     (["--recover-args", "--batch-real 8"], "--batch-real is an option of --method"),
     (["--train-args", "--lr 0"], "argument --lr: '0' is out of range"),
 ])

@@ -10,8 +10,19 @@ import torch
 
 from wmdd.errors import UserError
 from wmdd.io.manifest import write_manifest
-from wmdd.relabel.soft_labels import (SOFT_LABELS, SoftLabels, build_meta, dense_logits, epoch_path, epoch_record,
-                                index_dtype, label_bytes_per_view, meta_path, write_epoch, write_meta)
+from wmdd.relabel.soft_labels import (
+    SOFT_LABELS,
+    SoftLabels,
+    build_meta,
+    dense_logits,
+    epoch_path,
+    epoch_record,
+    index_dtype,
+    label_bytes_per_view,
+    meta_path,
+    write_epoch,
+    write_meta,
+)
 from wmdd.relabel.views import ViewSettings, plan_epoch
 
 CLASSES = [f"c{i}" for i in range(7)]

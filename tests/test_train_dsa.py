@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from wmdd.runtime.training import build_epoch_scheduler
 from tests.conftest import run_module, torchrun
+from wmdd.runtime.training import build_epoch_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def real_set(cifar_root, tmp_path_factory):
 
 
 def _train(images, root, out, *extra, check=True):
-    return run_module("wmdd.train", "--protocol", "dsa", "--images", images, "--dataset", "cifar10", "--data-path", root,
+    return run_module("wmdd.train", "--protocol", "dsa", "--images", images, "--dataset", "cifar10", "--data-path",
+                      root,
                       "--output-dir", out, "--workers", "0", "--epochs", "4", "--val-every", "2", *extra,
                       check=check, env={"OMP_NUM_THREADS": "1"})
 

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = StageParser(prog="wmdd run", formatter_class=argparse.RawDescriptionHelpFormatter,
                     description=__doc__.split("\n\n")[0].replace("``", ""),
                     epilog="wmdd demo (= wmdd run --demo): digits, WMDD beside random real and random real at "
-                           "WMDD's pixel budget at IPC 10, then the fair-score tables; a few minutes on a CPU.")
+                           "WMDD's pixel budget at IPC 10, then the fair-score tables; about 12 minutes on 2 CPU "
+                           "cores.")
     w = p.add_argument_group("WMDD flags")
     w.add_argument("-x", dest="exp", default="exp", metavar="ID", help="experiment id: OUT/<dataset>/<ID>/ [exp]")
     w.add_argument("-y", dest="teacher_id", default="t0", metavar="ID",
@@ -130,10 +131,12 @@ def _stage_checks() -> dict:
     """Per stage, the function that parses (and checks) its arguments exactly as the stage does."""
     from wmdd.options.config import parse_with_config
     from wmdd.pretrain.__main__ import parse_args as pretrain_args
-    from wmdd.recover.options import build_parser as recover_parser, resolve_args
+    from wmdd.recover.options import build_parser as recover_parser
+    from wmdd.recover.options import resolve_args
     from wmdd.relabel.__main__ import build_parser as relabel_parser
     from wmdd.train.protocols import PROTOCOLS as TRAIN_PROTOCOLS
-    from wmdd.train.student import build_parser as train_parser, training_mode
+    from wmdd.train.student import build_parser as train_parser
+    from wmdd.train.student import training_mode
 
     return {
         "pretrain": pretrain_args,

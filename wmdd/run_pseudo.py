@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", dest="model", default="resnet18", metavar="MODEL", help="student model [resnet18]")
     p.add_argument("-z", dest="epochs", type=COUNT, metavar="EPOCHS", help="training epochs [dataset default]")
     p.add_argument("-x", dest="exp", default="pseudo", metavar="ID", help="experiment id: OUT/<dataset>/<ID>/train")
-    p.add_argument("-u", dest="gpus", type=_gpu_list, metavar="GPUS", help="GPU index or comma list (several: torchrun)")
+    p.add_argument("-u", dest="gpus", type=_gpu_list, metavar="GPUS",
+                   help="GPU index or comma list (several: torchrun)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default="runs", help="output root [./runs]")
     return p

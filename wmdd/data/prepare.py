@@ -35,11 +35,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from wmdd.options.bounds import COUNT, FRACTION, SEED
-from wmdd.options.parsing import StageParser, run_main
 from wmdd.data.folders import EVAL_SPLIT_NAMES, class_folders, is_hidden
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_json, check_output_dir, read_json
+from wmdd.options.bounds import COUNT, FRACTION, SEED
+from wmdd.options.parsing import StageParser, run_main
 
 log = logging.getLogger("wmdd.prepare")
 MARKER = ".prepared.json"

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from wmdd.runtime.distributed import DistContext
 from wmdd.errors import UserError
+from wmdd.runtime.distributed import DistContext
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:

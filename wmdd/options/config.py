@@ -23,11 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from wmdd.options.bounds import NON_NEGATIVE_INT, SEED, Bounded
-from wmdd.options.parsing import StageParser
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_bytes
 from wmdd.io.manifest import jsonable
+from wmdd.options.bounds import NON_NEGATIVE_INT, SEED, Bounded
+from wmdd.options.parsing import StageParser
 
 STAGES = ("pretrain", "recover", "relabel", "train")
 

@@ -19,23 +19,23 @@ from pathlib import Path
 
 import torch
 
-from wmdd.options.bounds import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
-from wmdd.options.parsing import progress, run_main
-from wmdd.options.config import add_classes_option, parse_with_config, save_resolved_config, stage_parser
-from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
 from wmdd.data.datasets import dataset_names, resolve_spec
-from wmdd.runtime.distributed import DistContext, setup
-from wmdd.errors import UserError
+from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
 from wmdd.data.loaders import eval_loader, seed_epoch, train_loader
-from wmdd.recover.dsa import DSAParams
-from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
-from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, unwrap
 from wmdd.data.transforms import eval_transform, train_transform
+from wmdd.errors import UserError
+from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from wmdd.models import create_model, model_names, parse_model_kwargs
 from wmdd.models.bn_stats import compute_bn_statistics
 from wmdd.models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
+from wmdd.options.bounds import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
+from wmdd.options.config import add_classes_option, parse_with_config, save_resolved_config, stage_parser
+from wmdd.options.parsing import progress, run_main
 from wmdd.pretrain.experts import EXPERT_ONLY, PRETRAIN_KINDS, train_experts
 from wmdd.pretrain.loop import train_one_epoch
+from wmdd.recover.dsa import DSAParams
+from wmdd.runtime.distributed import DistContext, setup
+from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, unwrap
 
 log = logging.getLogger("wmdd.pretrain")
 

@@ -38,18 +38,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
 from wmdd.data.datasets import resolve_spec
-from wmdd.runtime.distributed import DistContext
-from wmdd.recover.dsa import DSAParams, apply_sequence, draw_sequence
+from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
+from wmdd.data.transforms import eval_pixels_transform, eval_transform, normalize
 from wmdd.io.files import torch_load
 from wmdd.io.manifest import write_manifest
-from wmdd.runtime.training import build_epoch_scheduler, build_optimizer, derive_seed, evaluate
-from wmdd.data.transforms import eval_pixels_transform, eval_transform, normalize
-from wmdd.relabel.views import cutmix_batch
 from wmdd.models import create_model, parse_model_kwargs
 from wmdd.models.experts import EXPERTS_FILE, cpu_state, part_path, save_part, write_experts
 from wmdd.options.variants import Variant, VariantRegistry
+from wmdd.recover.dsa import DSAParams, apply_sequence, draw_sequence
+from wmdd.relabel.views import cutmix_batch
+from wmdd.runtime.distributed import DistContext
+from wmdd.runtime.training import build_epoch_scheduler, build_optimizer, derive_seed, evaluate
 
 log = logging.getLogger("wmdd.pretrain")
 

@@ -25,18 +25,16 @@ from pathlib import Path
 
 import torch
 
-from wmdd.options.parsing import progress, run_main
-from wmdd.options.config import parse_with_config, save_resolved_config
-from wmdd.data.folders import image_folder, resolve_classes, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import DistContext, setup
+from wmdd.data.folders import image_folder, resolve_classes, split_dir
+from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_torch_save, atomic_write_json, torch_load
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
-from wmdd.runtime.training import derive_seed
-from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models.experts import load_experts
 from wmdd.models.teacher import Teacher, check_classes, load_teacher
+from wmdd.options.config import parse_with_config, save_resolved_config
+from wmdd.options.parsing import progress, run_main
 from wmdd.recover.barycenter import class_barycenter
 from wmdd.recover.batches import class_batches, marker_path, pending_batches, real_choice
 from wmdd.recover.features import cache_key, cached_features, dataset_fingerprint
@@ -46,6 +44,8 @@ from wmdd.recover.methods import RecoverMethod, Resources
 from wmdd.recover.methods.registry import INITS
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.synthesize import SynthesisConfig, synthesize
+from wmdd.runtime.distributed import DistContext, setup
+from wmdd.runtime.training import derive_seed
 
 log = logging.getLogger("wmdd.recover")
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from wmdd.options.parsing import progress
 from wmdd.io.files import atomic_torch_save, torch_load
 from wmdd.models import penultimate_features
 from wmdd.models.teacher import Teacher
+from wmdd.options.parsing import progress
 
 log = logging.getLogger("wmdd.recover")
 

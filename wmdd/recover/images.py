@@ -10,8 +10,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from wmdd.data.datasets import DatasetSpec
-from wmdd.io.files import atomic_write_bytes
 from wmdd.data.transforms import denormalize
+from wmdd.io.files import atomic_write_bytes
 from wmdd.relabel.views import read_image
 
 #: At most this many classes (rows) and images per class (columns) in grid.png.

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from wmdd.options.bounds import COUNT, POSITIVE
-from wmdd.options.config import add_classes_option, stage_parser
 from wmdd.data.datasets import dataset_names
 from wmdd.errors import UserError
+from wmdd.options.bounds import COUNT, POSITIVE
+from wmdd.options.config import add_classes_option, stage_parser
 from wmdd.recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
 from wmdd.recover.methods.registry import INITS, RecoverMethod
 

@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from wmdd.data.folders import with_transform
 from wmdd.data.datasets import DatasetSpec
+from wmdd.data.folders import with_transform
 from wmdd.data.transforms import eval_pixels_transform, normalize
 
 

@@ -17,18 +17,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from wmdd.options.bounds import COUNT, FRACTION, POSITIVE
-from wmdd.options.parsing import progress, run_main
-from wmdd.options.config import parse_with_config, save_resolved_config, stage_parser
 from wmdd.data.folders import distilled_images_dir, image_folder
-from wmdd.runtime.distributed import setup
 from wmdd.errors import UserError
 from wmdd.io.files import sha256_files
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from wmdd.models.teacher import check_classes, load_teacher
+from wmdd.options.bounds import COUNT, FRACTION, POSITIVE
+from wmdd.options.config import parse_with_config, save_resolved_config, stage_parser
+from wmdd.options.parsing import progress, run_main
 from wmdd.recover.multiformation import refuse_tiled
 from wmdd.relabel.soft_labels import SOFT_LABELS, build_meta, epoch_path, label_bytes_per_view, write_epoch, write_meta
 from wmdd.relabel.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
-from wmdd.models.teacher import check_classes, load_teacher
+from wmdd.runtime.distributed import setup
 
 log = logging.getLogger("wmdd.relabel")
 RESUME_IGNORES = ("workers", "device", "config")

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 from torchvision.transforms.v2 import functional as F
 
-from wmdd.data.folders import load_image
 from wmdd.data.datasets import DatasetSpec
+from wmdd.data.folders import load_image
 from wmdd.errors import UserError
 from wmdd.runtime.training import derive_seed
 

@@ -14,10 +14,10 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from wmdd.runtime.distributed import DistContext
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_torch_save, torch_load
 from wmdd.io.manifest import jsonable
+from wmdd.runtime.distributed import DistContext
 
 
 def derive_seed(*parts: Any) -> int:

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from wmdd.options.parsing import StageParser, run_main
 from wmdd.data.datasets import DatasetSpec
 from wmdd.errors import UserError
 from wmdd.io.files import sha256_file
 from wmdd.io.manifest import MANIFEST, finished_with_same_args, read_manifest, write_manifest
-from wmdd.recover.multiformation import recorded_factor
+from wmdd.options.parsing import StageParser, run_main
 from wmdd.recover.images import save_class_images, write_grid, write_sample_weights
+from wmdd.recover.multiformation import recorded_factor
 from wmdd.train.data import load_decoded, load_image_set, load_sample_weights
 
 log = logging.getLogger("wmdd.decode")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from wmdd.options.parsing import StageParser, run_main
 from wmdd.errors import UserError
+from wmdd.options.parsing import StageParser, run_main
 
 RUN = re.compile(r"^(?P<variant>.+)-ipc(?P<ipc>\d+)-s(?P<seed>\d+)$")
 BASELINE = "random-real"

@@ -23,17 +23,17 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
-from wmdd.options.bounds import COUNT, NON_NEGATIVE_INT, SEED
-from wmdd.options.parsing import StageParser, run_main
-from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.datasets import resolve_spec
-from wmdd.runtime.distributed import resolve_device
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.transforms import eval_transform
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_bytes, check_output_dir
-from wmdd.data.transforms import eval_transform
 from wmdd.models import parse_model_kwargs
 from wmdd.models.teacher import load_any_teacher
+from wmdd.options.bounds import COUNT, NON_NEGATIVE_INT, SEED
+from wmdd.options.parsing import StageParser, run_main
 from wmdd.recover.features import extract_features
+from wmdd.runtime.distributed import resolve_device
 
 log = logging.getLogger("wmdd.tools")
 

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from wmdd.options.parsing import StageParser, run_main  # noqa: E402
 from wmdd.errors import UserError  # noqa: E402
+from wmdd.options.parsing import StageParser, run_main  # noqa: E402
 from wmdd.tools.fair_scores import BASELINE, paired_differences  # noqa: E402
 
 log = logging.getLogger("wmdd.tools")

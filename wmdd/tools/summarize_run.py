@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from wmdd.options.parsing import StageParser, run_main
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_bytes
+from wmdd.options.parsing import StageParser, run_main
 
 COLUMNS = ["finished_at", "experiment", "dataset", "variant", "method", "ipc", "seed", "teacher_model",
            "student_model", "teacher_top1", "top1", "top5", "wb", "per_class_bn", "r_bn", "r_ce", "recover_lr",

@@ -12,13 +12,13 @@ import pandas as pd
 import torch
 from torchvision.datasets import ImageFolder
 
-from wmdd.data.folders import distilled_images_dir, image_folder, load_image, with_transform
 from wmdd.data.datasets import DatasetSpec
-from wmdd.recover.multiformation import decode
+from wmdd.data.folders import distilled_images_dir, image_folder, load_image, with_transform
 from wmdd.data.transforms import distilled_transform
 from wmdd.errors import UserError
 from wmdd.io.files import sha256_files
 from wmdd.io.manifest import recover_record
+from wmdd.recover.multiformation import decode
 
 log = logging.getLogger("wmdd.train")
 

@@ -31,12 +31,12 @@ from wmdd.data.loaders import seed_epoch, train_loader
 from wmdd.data.transforms import train_transform
 from wmdd.errors import UserError
 from wmdd.io.manifest import MANIFEST
+from wmdd.models.teacher import teacher_sha256
 from wmdd.recover.dsa import DSAParams, augment
 from wmdd.recover.multiformation import recorded_factor, refuse_tiled
 from wmdd.relabel.soft_labels import SoftLabels
 from wmdd.relabel.views import DrawnEpochs, PlannedBatches, ViewSettings, cutmix_batch, image_sizes, planned_loader
 from wmdd.runtime.training import derive_seed
-from wmdd.models.teacher import teacher_sha256
 from wmdd.train.data import load_decoded, load_image_set, load_sample_weights, recorded_input_size, relabelled
 from wmdd.train.losses import kd_loss, mixed_cross_entropy
 from wmdd.train.pseudo_labels import parse_pseudo_label_csv, summarize

@@ -46,18 +46,18 @@ import argparse
 import torch
 import torch.nn as nn
 
-from wmdd.options.bounds import COUNT, NON_NEGATIVE
-from wmdd.recover.dsa import DSAParams, apply_sequence, draw_sequence
 from wmdd.errors import UserError
-from wmdd.recover.multiformation import decode
-from wmdd.runtime.training import derive_seed
 from wmdd.models import penultimate_features
 from wmdd.models.experts import Experts, interpolate_state
+from wmdd.options.bounds import COUNT, NON_NEGATIVE
+from wmdd.recover.dsa import DSAParams, apply_sequence, draw_sequence
 from wmdd.recover.matching import mean_embedding_loss
 from wmdd.recover.methods.dm import MatchingMethod
 from wmdd.recover.methods.multiformation import MultiFormation
 from wmdd.recover.methods.registry import Objective, Resources, register_method
+from wmdd.recover.multiformation import decode
 from wmdd.recover.real_pool import RealPool
+from wmdd.runtime.training import derive_seed
 
 
 def load_middle_encoder(net: nn.Module, experts: Experts, m: int, lam: float) -> nn.Module:

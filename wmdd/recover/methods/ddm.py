@@ -29,11 +29,18 @@ import argparse
 
 import torch
 
-from wmdd.options.bounds import NON_NEGATIVE
 from wmdd.errors import UserError
 from wmdd.models.convnet import block_outputs
-from wmdd.recover.matching import (class_gram, class_moments, correlation_loss, icd_loss, icd_neighbours,
-                              mean_embedding_loss, moments_loss)
+from wmdd.options.bounds import NON_NEGATIVE
+from wmdd.recover.matching import (
+    class_gram,
+    class_moments,
+    correlation_loss,
+    icd_loss,
+    icd_neighbours,
+    mean_embedding_loss,
+    moments_loss,
+)
 from wmdd.recover.methods.dm import DM
 from wmdd.recover.methods.registry import Resources, register_method
 

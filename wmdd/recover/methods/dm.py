@@ -22,14 +22,14 @@ import argparse
 import torch
 import torch.nn as nn
 
+from wmdd.errors import UserError
+from wmdd.models import create_model, model_names, penultimate_features
 from wmdd.options.bounds import COUNT, MOMENTUM
 from wmdd.recover.dsa import DEFAULT_STRATEGY, DSAParams, siamese
-from wmdd.errors import UserError
-from wmdd.runtime.training import derive_seed
-from wmdd.models import create_model, model_names, penultimate_features
 from wmdd.recover.matching import mean_embedding_loss
 from wmdd.recover.methods.registry import Objective, Optimisation, RecoverMethod, Resources, register_method
 from wmdd.recover.real_pool import RealPool
+from wmdd.runtime.training import derive_seed
 
 
 def reinitialise(net: nn.Module) -> None:

@@ -18,8 +18,8 @@ import argparse
 import torch
 
 from wmdd.options.bounds import COUNT
-from wmdd.recover.multiformation import encode
 from wmdd.recover.methods.registry import RecoverMethod
+from wmdd.recover.multiformation import encode
 
 
 def factor(args: argparse.Namespace) -> int:

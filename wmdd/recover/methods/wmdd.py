@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
-from wmdd.options.bounds import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT
 from wmdd.errors import UserError
-from wmdd.recover.multiformation import decode
+from wmdd.options.bounds import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT
 from wmdd.recover.losses import RecoverObjective
 from wmdd.recover.methods.multiformation import MultiFormation, factor
 from wmdd.recover.methods.registry import Objective, Resources, register_method
+from wmdd.recover.multiformation import decode
 
 
 @dataclass(frozen=True)
