@@ -153,8 +153,8 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
     assert "pass --factor 2" in proc.stderr and not (tmp_path / "no-decode" / "manifest.json").exists()
     data = ["--dataset", "cifar10", "--data-path", cifar_root]
     for module, flags in (("relabel", ["--teacher", tmp_path / "no-teacher"]), ("train", ["--hard-labels", *data])):
-        proc = run_module(module, "--images", rec / "images", "--output-dir", tmp_path / f"fkd-{module}", *flags,
-                          check=False)
+        proc = run_module(f"wmdd.{module}", "--images", rec / "images", "--output-dir", tmp_path / f"fkd-{module}",
+                          *flags, check=False)
         assert proc.returncode == 2 and "stored with multi-formation factor 2" in proc.stderr, proc.stderr
         assert "python -m wmdd.tools.decode_images" in proc.stderr and not (tmp_path / f"fkd-{module}").exists()
 

@@ -89,8 +89,9 @@ def test_two_rank_torchrun_trains_the_same_student(dsa_run, real_set, cifar_root
 
 
 @pytest.mark.parametrize("flags,expect", [
-    (["--soft-labels", "x"], "--protocol dsa trains on hard (folder) labels"),
-    (["--mix-type", "mixup"], "--mix-type sets recorded (FKD) views"),
+    (["--soft-labels", "x"], "--soft-labels is an option of --protocol fkd, not of --protocol dsa; drop it"),
+    (["--mix-type", "mixup"], "--mix-type is an option of --protocol fkd, not of --protocol dsa; drop it"),
+    (["-T", "4"], "--temperature is an option of --protocol fkd, not of --protocol dsa; drop it"),
     (["--dsa-strategy", "color_noise"], "noise"),
     (["--protocol", "dda"], "invalid choice: 'dda'"),
 ])
