@@ -21,14 +21,14 @@ import argparse
 import torch
 
 from benchmarks.data import cached_dataset
+from wmdd.data.datasets import get_spec
+from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.transforms import eval_transform
 from wmdd.recover.batches import real_choice
 from wmdd.recover.methods import Resources
 from wmdd.recover.methods.dm import reinitialise
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.real_pool import RealPool
-from wmdd.data.folders import image_folder, split_dir
-from wmdd.data.datasets import get_spec
-from wmdd.data.transforms import eval_transform
 
 
 def measure(data: str, where: str, ipc: int, batch_real: int, networks: int = 3) -> dict:

@@ -41,9 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
 from benchmarks.recover_overhead import sync
-from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import resolve_device
+from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models.experts import load_experts
 from wmdd.recover.matching import mean_embedding_loss
@@ -51,6 +50,7 @@ from wmdd.recover.methods import Resources
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.real_pool import RealPool
 from wmdd.recover.synthesize import SynthesisConfig, synthesize
+from wmdd.runtime.distributed import resolve_device
 
 
 def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: torch.device):

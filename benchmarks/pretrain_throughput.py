@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 
 from benchmarks.data import cached_dataset
-from wmdd.data.folders import load_splits, with_transform
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import DistContext
+from wmdd.data.folders import load_splits, with_transform
 from wmdd.data.loaders import seed_epoch, train_loader
 from wmdd.data.transforms import train_transform
 from wmdd.models import create_model, parse_model_kwargs
 from wmdd.pretrain.loop import train_one_epoch
+from wmdd.runtime.distributed import DistContext
 
 
 def bare_loop(model, optimizer, batches) -> float:

@@ -23,9 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.data import cached_dataset
-from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import DistContext, resolve_device
+from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models import create_model, penultimate_features
 from wmdd.models.bn_stats import compute_bn_statistics
@@ -33,6 +32,7 @@ from wmdd.models.teacher import load_teacher
 from wmdd.recover.losses import RecoverObjective
 from wmdd.recover.methods.wmdd import ViewConfig, augment
 from wmdd.recover.synthesize import SynthesisConfig, synthesize
+from wmdd.runtime.distributed import DistContext, resolve_device
 
 
 def sync(device: torch.device) -> None:

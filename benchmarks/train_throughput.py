@@ -22,11 +22,11 @@ import time
 import torch
 
 from benchmarks.data import CACHE, REPO, cached_dataset
-from wmdd.data.folders import list_classes, split_dir
 from wmdd.data.datasets import get_spec
-from wmdd.runtime.distributed import DistContext
+from wmdd.data.folders import list_classes, split_dir
 from wmdd.models import create_model
 from wmdd.models.teacher import save_teacher
+from wmdd.runtime.distributed import DistContext
 from wmdd.train.losses import kd_loss
 from wmdd.train.student import StudentRun, build_parser, train_epoch
 
