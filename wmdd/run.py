@@ -14,6 +14,7 @@ wall time, summed over its resumed parts, is kept in ``<stage dir>/.wall_seconds
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import subprocess
@@ -126,32 +127,30 @@ class Plan:
     subset: list[str]
     extra: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def teacher_dir(self) -> Path:
+        """``<out>/teachers/<dataset>_<teacher model>/<teacher id>``, shared by every experiment."""
+        return self.out / "teachers" / f"{self.args.dataset}_{self.args.teacher_model}" / self.args.teacher_id
 
-def _stage_checks() -> dict:
-    """Per stage, the function that parses (and checks) its arguments exactly as the stage does."""
-    from wmdd.options.config import parse_with_config
-    from wmdd.pretrain.__main__ import parse_args as pretrain_args
-    from wmdd.recover.options import build_parser as recover_parser
-    from wmdd.recover.options import resolve_args
-    from wmdd.relabel.__main__ import build_parser as relabel_parser
-    from wmdd.train.protocols import PROTOCOLS as TRAIN_PROTOCOLS
-    from wmdd.train.student import build_parser as train_parser
-    from wmdd.train.student import training_mode
+    def exp_dir(self, name: str) -> Path:
+        """``<out>/<dataset>/<experiment id>``."""
+        return self.out / self.args.dataset / name
 
-    return {
-        "pretrain": pretrain_args,
-        "recover": lambda argv: resolve_args(parse_with_config(recover_parser(), argv, "recover", variant="method")),
-        "relabel": lambda argv: parse_with_config(relabel_parser(), argv, "relabel"),
-        "train": lambda argv: training_mode(parse_with_config(train_parser(), argv, "train", variant="protocol",
-                                                              variant_defaults=TRAIN_PROTOCOLS.defaults())),
-    }
+
+#: Per stage, the module whose ``parse_args(argv)`` the stage itself parses and checks its arguments with.
+PARSERS = {"pretrain": "wmdd.pretrain.__main__", "recover": "wmdd.recover.options", "relabel": "wmdd.relabel.__main__",
+           "train": "wmdd.train.student"}
 
 
 def check_stage_args(stage: str, argv: list[str]) -> None:
-    """Parse ``argv`` with ``stage``'s own parser (ranges, YAML preset, method options):
-    a bad value ends the run, with the stage's one-line error, before anything starts."""
+    """Parse ``argv`` with ``stage``'s own ``parse_args`` (ranges, YAML preset, method and protocol
+    options): a bad value ends the run, with the stage's one-line error, before anything starts.
+
+    Raises:
+        UserError: the stage would refuse ``argv`` (its message, prefixed by the stage).
+    """
     try:
-        _stage_checks()[stage](argv)
+        importlib.import_module(PARSERS[stage]).parse_args(argv)
     except UserError as exc:
         raise UserError(f"wmdd {stage} would refuse its arguments: {exc}") from None
 
@@ -161,7 +160,6 @@ class Stage:
 
     def __init__(self, plan: Plan, name: str, argv: list[str], output_dir: Path):
         self.plan, self.name, self.argv, self.output_dir = plan, name, argv + plan.extra[name], output_dir
-        self.seconds: int | None = None
 
     def _before(self) -> int:
         try:
@@ -169,8 +167,9 @@ class Stage:
         except (OSError, ValueError):
             return 0
 
-    def run(self) -> None:
-        """Run the stage; a stage that had finished keeps the time it took.
+    def run(self) -> int | None:
+        """Run the stage; returns its wall seconds summed over resumed parts (a stage that had
+        finished keeps the time it took; None when none was recorded).
 
         Raises:
             SystemExit: the stage failed (its own message is above), with its exit status.
@@ -189,15 +188,15 @@ class Stage:
             ticker.start()
         code = subprocess.call([*self.plan.launch, f"wmdd.{self.name}", *self.argv], env=self.plan.env)
         stop.set()
-        if finished:
-            self.seconds = before or None
-        else:
+        seconds = before or None
+        if ticker:
             ticker.join()
-            self.seconds = before + int(time.monotonic() - start)
+            seconds = before + int(time.monotonic() - start)
             if self.output_dir.is_dir():
-                (self.output_dir / ".wall_seconds").write_text(f"{self.seconds}\n")
+                (self.output_dir / ".wall_seconds").write_text(f"{seconds}\n")
         if code != 0:
             sys.exit(code)
+        return seconds
 
 
 def _absolute(path: str | None) -> Path | None:
@@ -265,9 +264,7 @@ def _needs_teacher(method: str) -> bool:
 def _stage_argvs(plan: Plan, exp: Experiment, pretrain: bool) -> dict[str, tuple[list[str], Path]]:
     """Every stage's arguments and output directory for ``exp`` (decode and relabel/train of the
     FKD protocol use the recover images' path that exists once recover has run)."""
-    a = plan.args
-    teacher_dir = plan.out / "teachers" / f"{a.dataset}_{a.teacher_model}" / a.teacher_id
-    exp_dir = plan.out / a.dataset / exp.name
+    a, teacher_dir, exp_dir = plan.args, plan.teacher_dir, plan.exp_dir(exp.name)
     size = ["--input-size", str(a.input_size)] if a.input_size else []
     epochs = ["--epochs", str(a.epochs)] if a.epochs else (["--epochs", "2"] if a.debug else [])
     common = ["--device", a.device, *plan.subset, *plan.config]
@@ -329,10 +326,9 @@ def check_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
         UserError: the first stage that would refuse its arguments, or a missing teacher.
     """
     stages = _stage_argvs(plan, exp, pretrain)
-    teacher_dir = plan.out / "teachers" / f"{plan.args.dataset}_{plan.args.teacher_model}" / plan.args.teacher_id
     needs_teacher = plan.args.protocol == "fkd" or _needs_teacher(exp.method)
-    if not pretrain and needs_teacher and not (teacher_dir / "manifest.json").is_file():
-        raise UserError(f"teacher {teacher_dir} not found; add -p to pretrain it")
+    if not pretrain and needs_teacher and not (plan.teacher_dir / "manifest.json").is_file():
+        raise UserError(f"teacher {plan.teacher_dir} not found; add -p to pretrain it")
     for name, (argv, _) in stages.items():
         argv = _with_batch(argv, 100) if name in ("relabel", "train") else argv
         check_stage_args(name, argv + plan.extra[name])
@@ -343,14 +339,8 @@ def run_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
     from wmdd.recover.multiformation import recorded_factor
 
     stages = _stage_argvs(plan, exp, pretrain)
-    exp_dir = plan.out / plan.args.dataset / exp.name
-    seconds: dict[str, int] = {}
-    for name in ("pretrain", "recover"):
-        if name in stages:
-            stage = Stage(plan, name, *stages[name])
-            stage.run()
-            if stage.seconds is not None:
-                seconds[name] = stage.seconds
+    exp_dir = plan.exp_dir(exp.name)
+    seconds = {name: Stage(plan, name, *stages[name]).run() for name in ("pretrain", "recover") if name in stages}
     images = exp_dir / "recover" / "images"
     if plan.args.protocol == "fkd":
         factor = recorded_factor(images)
@@ -366,25 +356,17 @@ def run_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
         batch = plan.args.batch_size or min(count, 100)
         for name in ("relabel", "train"):
             argv, out = stages[name]
-            stage = Stage(plan, name, _with_batch(_with_images(argv, images), batch), out)
-            stage.run()
-            if stage.seconds is not None:
-                seconds[name] = stage.seconds
+            seconds[name] = Stage(plan, name, _with_batch(_with_images(argv, images), batch), out).run()
     else:
-        stage = Stage(plan, "train", *stages["train"])
-        stage.run()
-        if stage.seconds is not None:
-            seconds["train"] = stage.seconds
-    summarize(plan, exp.name, exp_dir, seconds)
+        seconds["train"] = Stage(plan, "train", *stages["train"]).run()
+    summarize(plan, exp.name, exp_dir, {k: v for k, v in seconds.items() if v is not None})
 
 
 def summarize(plan: Plan, name: str, exp_dir: Path, seconds: dict[str, int]) -> None:
     """Print the run's summary and append its row to ``<out>/results.csv`` (a results file that
     cannot take the row is a warning: the experiment itself has finished)."""
-    a = plan.args
-    teacher_dir = plan.out / "teachers" / f"{a.dataset}_{a.teacher_model}" / a.teacher_id
     code = subprocess.call([sys.executable, "-m", "wmdd.tools.summarize_run", "append", "--experiment-dir",
-                            str(exp_dir), "--teacher-dir", str(teacher_dir), "--experiment", name, "--results-csv",
+                            str(exp_dir), "--teacher-dir", str(plan.teacher_dir), "--experiment", name, "--results-csv",
                             str(plan.out / "results.csv"), "--time", *(f"{k}={v}" for k, v in seconds.items())],
                            env=plan.env)
     if code != 0:
@@ -417,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 print("warning: no fair-score table (see the error above); the runs are complete", file=sys.stderr)
             print(flush=True)
-        print(f"synthetic images: {plan.out / 'digits' / 'demo-wmdd' / 'recover' / 'grid.png'}")
+        print(f"synthetic images: {plan.exp_dir(DEMO[0].name) / 'recover' / 'grid.png'}")
     return 0
 
 

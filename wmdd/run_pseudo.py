@@ -9,6 +9,7 @@ Flags after ``--`` go to ``wmdd train`` unchanged (e.g. ``-- --online-teacher DI
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     check_stage_args("train", train)
     env, launch = None, [sys.executable, "-m"]
     if args.gpus:
-        import os
-
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(args.gpus)}
         if len(args.gpus) > 1:
             launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",

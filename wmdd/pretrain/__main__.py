@@ -76,12 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse with ``--experts``'s defaults (:data:`wmdd.pretrain.experts.EXPERT_DEFAULTS`) when it is
-    given: command line > YAML > those defaults > the teacher's defaults."""
+    """The stage's arguments, parsed and checked (``wmdd run`` checks them the same way before it
+    starts anything): with ``--experts``'s defaults (:data:`wmdd.pretrain.experts.EXPERT_DEFAULTS`)
+    when it is given; command line > YAML > those defaults > the teacher's defaults.
+
+    Raises:
+        UserError: a required option is missing, options that exclude each other, or an option of
+            the other kind of run (teacher vs experts).
+    """
     parser = build_parser()
     if parser.parse_known_args(argv)[0].experts is not None:
         parser.set_defaults(**PRETRAIN_KINDS["experts"].defaults)
-    return parse_with_config(parser, argv, "pretrain")
+    args = parse_with_config(parser, argv, "pretrain")
+    _check_args(args)
+    return args
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -126,7 +134,6 @@ def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_arg
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _check_args(args)
     model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES + (() if args.experts else EXPERT_ONLY))

@@ -33,16 +33,16 @@ from wmdd.io.files import atomic_torch_save, atomic_write_json, torch_load
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from wmdd.models.experts import load_experts
 from wmdd.models.teacher import Teacher, check_classes, load_teacher
-from wmdd.options.config import parse_with_config, save_resolved_config
+from wmdd.options.config import save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.recover.barycenter import class_barycenter
 from wmdd.recover.batches import class_batches, marker_path, pending_batches, real_choice
 from wmdd.recover.features import cache_key, cached_features, dataset_fingerprint
 from wmdd.recover.images import save_class_images, write_grid, write_sample_weights, write_sources
 from wmdd.recover.medoids import medoid_assignment
-from wmdd.recover.methods import RecoverMethod, Resources
+from wmdd.recover.methods import RecoverMethod, Resources, get_method
 from wmdd.recover.methods.registry import INITS
-from wmdd.recover.options import build_parser, resolve_args
+from wmdd.recover.options import parse_args
 from wmdd.recover.synthesize import SynthesisConfig, synthesize
 from wmdd.runtime.distributed import DistContext, setup
 from wmdd.runtime.training import derive_seed
@@ -185,8 +185,8 @@ def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_config(build_parser(), argv, "recover", variant="method")
-    cls = resolve_args(args)
+    args = parse_args(argv)
+    cls = get_method(args.method)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
     if finished_with_same_args(out, "recover", run_args):

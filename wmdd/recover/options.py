@@ -9,7 +9,7 @@ import argparse
 from wmdd.data.datasets import dataset_names
 from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT, POSITIVE
-from wmdd.options.config import add_classes_option, stage_parser
+from wmdd.options.config import add_classes_option, parse_with_config, stage_parser
 from wmdd.recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
 from wmdd.recover.methods.registry import INITS, RecoverMethod
 
@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=COUNT, default=50, help="iterations between loss records")
     add_method_arguments(p)
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The stage's arguments, parsed with ``--config``'s method sub-section and resolved by
+    :func:`resolve_args` (``wmdd run`` checks them the same way before it starts anything).
+
+    Raises:
+        UserError: as :func:`wmdd.options.config.parse_with_config` and :func:`resolve_args`.
+    """
+    args = parse_with_config(build_parser(), argv, "recover", variant="method")
+    resolve_args(args)
+    return args
 
 
 def resolve_args(args: argparse.Namespace) -> type[RecoverMethod]:

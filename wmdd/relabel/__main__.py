@@ -74,11 +74,23 @@ def teacher_logits(teacher: nn.Module, items: Iterable[dict], device: torch.devi
         yield logits
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The stage's arguments, parsed and checked (``wmdd run`` checks them the same way before it
+    starts anything).
+
+    Raises:
+        UserError: as :func:`wmdd.options.config.parse_with_config`, or ``--teacher``, ``--images``
+            or ``--output-dir`` missing.
+    """
     args = parse_with_config(build_parser(), argv, "relabel")
     for name in ("teacher", "images", "output_dir"):
         if not getattr(args, name):
             raise UserError(f"--{name.replace('_', '-')} is required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     refuse_tiled(args.images, "relabel")
     out = Path(args.output_dir)
     ctx = setup(args.device)

@@ -29,22 +29,19 @@ from wmdd.data.loaders import eval_loader
 from wmdd.io.files import atomic_write_json
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
 from wmdd.models import create_model, parse_model_kwargs
-from wmdd.options.config import parse_with_config, save_resolved_config
+from wmdd.options.config import save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.relabel.soft_labels import meta_path
 from wmdd.runtime.distributed import setup
 from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
-from wmdd.train.protocols import PROTOCOLS
-from wmdd.train.student import StudentRun, build_parser, resolve_factor, train_epoch, training_mode
+from wmdd.train.student import StudentRun, parse_args, resolve_factor, train_epoch
 
 log = logging.getLogger("wmdd.train")
 RESUME_IGNORES = ("workers", "device", "config")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_config(build_parser(), argv, "train", variant="protocol",
-                             variant_defaults=PROTOCOLS.defaults())
-    training_mode(args)
+    args = parse_args(argv)
     resolve_factor(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)

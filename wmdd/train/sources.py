@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
-from wmdd.data.datasets import DatasetSpec
+from wmdd.data.datasets import DatasetSpec, get_spec
 from wmdd.data.folders import image_folder, with_transform
 from wmdd.data.loaders import seed_epoch, train_loader
 from wmdd.data.transforms import train_transform
@@ -89,8 +89,6 @@ class LabelSource:
         raise NotImplementedError
 
     def _spec_from_args(self) -> DatasetSpec:
-        from wmdd.data.datasets import get_spec
-
         if self.run.teacher is not None:
             return self.run.teacher.spec
         if not self.args.dataset:

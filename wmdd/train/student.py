@@ -20,7 +20,7 @@ from wmdd.errors import UserError
 from wmdd.models import model_names
 from wmdd.models.teacher import Teacher, load_teacher
 from wmdd.options.bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
-from wmdd.options.config import add_classes_option, stage_parser
+from wmdd.options.config import add_classes_option, parse_with_config, stage_parser
 from wmdd.recover.dsa import DSAParams
 from wmdd.recover.multiformation import recorded_factor
 from wmdd.relabel.soft_labels import SoftLabels
@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=COUNT, help="evaluate on a seeded choice of N images per class")
     p.add_argument("--eval-batch-size", type=COUNT, default=256)
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The stage's arguments, parsed with the chosen protocol's defaults
+    (:data:`wmdd.train.protocols.PROTOCOLS`) and checked by :func:`training_mode` (``wmdd run``
+    checks them the same way before it starts anything).
+
+    Raises:
+        UserError: as :func:`wmdd.options.config.parse_with_config` and :func:`training_mode`.
+    """
+    args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS.defaults())
+    training_mode(args)
+    return args
 
 
 def training_mode(args) -> str:
