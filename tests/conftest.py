@@ -7,11 +7,17 @@ so a plain clone passes ``make test`` on any machine.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
+import io
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -23,14 +29,68 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = REPO / "tests" / "data" / "cifar10-mini.tar.gz"
 
 
-def run_module(module: str, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` from the repository root and return the result."""
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True)
+def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,
+               process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root: its exit status, stdout and stderr.
+
+    By default the module's ``main`` runs in this process, exactly as ``python -m`` runs it
+    (through :func:`wmdd.options.parsing.run_main`, so a user error is the same one line and
+    exit status 2): a new interpreter would spend most of a small test's time importing torch
+    and torchvision. ``env`` is set for the call (``OMP_NUM_THREADS`` as torch's thread count),
+    stdout, stderr and the ``wmdd`` log lines are captured as a process's would be.
+    ``process=True`` starts a real ``python -m`` instead (for the entry points themselves).
+    """
+    if process:
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
+                              capture_output=True, text=True)
+    else:
+        proc = _run_in_process(module, [str(a) for a in args], env or {})
     if check and proc.returncode != 0:
         raise AssertionError(f"python -m {module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _run_in_process(module: str, argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    import torch
+
+    from wmdd.options.parsing import run_main
+
+    spec = importlib.util.find_spec(module)
+    main = importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module).main
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    log = logging.getLogger("wmdd")
+    saved = (log.level, log.propagate, dict(os.environ), os.getcwd(), torch.get_num_threads())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    os.environ.update(env)
+    if "OMP_NUM_THREADS" in env:
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_main(main, argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+        os.chdir(saved[3])
+        torch.set_num_threads(saved[4])
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, out.getvalue(), err.getvalue())
 
 
 def torchrun(nproc: int, module: str, *args: str) -> subprocess.CompletedProcess:

@@ -7,11 +7,15 @@ stale recover batches)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import hashlib
 import importlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +116,16 @@ def _unreadable_results(tmp: Path) -> Path:
     return path
 
 
+def _csv(tmp: Path, text: str) -> Path:
+    path = tmp / "scores.csv"
+    path.write_text(text)
+    return path
+
+
+#: A results.csv header and one finished row (wmdd run's columns that the scoring tools read).
+RESULTS_HEADER = "dataset,variant,ipc,seed,protocol,top1,epochs\n"
+RESULTS_ROW = "cifar10,wmdd,2,0,fkd,41.5,2\n"
+
 #: (case, module, argv builder taking (ctx, tmp), expected text in the one-line error).
 #: ``ctx`` holds the teacher, the data root, the finished runs and a scratch output dir.
 CASES = [
@@ -128,6 +142,15 @@ CASES = [
     ("train temperature 0", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"],
                                                                c["out"]) + ["-T", "0"],
      "argument -T/--temperature: '0' is out of range"),
+    ("train temperature that underflows", "train",
+     lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"], c["out"]) + ["-T", "1e-30"],
+     "argument -T/--temperature: '1e-30' is out of range: expected a number >= 0.01"),
+    ("train dsa given a soft-label temperature", "train",
+     lambda c, t: ["--protocol", "dsa", "--images", c["images"], "--data-path", c["data"], "--output-dir", c["out"],
+                   "-T", "4"], "--temperature is an option of --protocol fkd, not of --protocol dsa; drop it"),
+    ("train dsa given a teacher", "train",
+     lambda c, t: ["--protocol", "dsa", "--images", c["images"], "--data-path", c["data"], "--output-dir", c["out"],
+                   "--teacher", c["teacher"]], "--teacher is an option of --protocol fkd, not of --protocol dsa"),
     ("negative workers", "relabel", lambda c, t: _relabel_args(c["teacher"], c["images"], c["out"])
      + ["--workers", "-1"], "argument --workers: '-1' is out of range: expected an integer >= 0"),
     ("negative input size", "pretrain", lambda c, t: ["--data-path", c["data"], "--output-dir", c["out"],
@@ -149,6 +172,10 @@ CASES = [
     ("yaml method sub-section", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])
      + ["--config", _yaml(t, "recover:\n  random-real: {log_every: 2.5}\n")],
      "preset.yaml: recover.random_real setting 'log_every': 2.5 is not an integer >= 1"),
+    ("yaml section only for another method", "recover",
+     lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6] + ["--method", "wmdd-paper", "--config",
+                                                                          _yaml(t, "recover:\n  dm: {lr: 2.0}\n")],
+     "preset.yaml: the recover section holds settings only for --method dm, none apply to --method wmdd-paper"),
     ("yaml negative weight", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])
      + ["--config", _yaml(t, "recover:\n  r_bn: -1\n")], "setting 'r_bn': -1 is out of range"),
     ("yaml unknown choice", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"],
@@ -173,6 +200,17 @@ CASES = [
     ("malformed results file", "wmdd.tools.summarize_run",
      lambda c, t: ["append", "--experiment-dir", c["out"], "--experiment", "x", "--results-csv",
                    _unreadable_results(t)], "results.csv: not a readable results file"),
+    ("fair scores of an empty csv", "wmdd.tools.fair_scores", lambda c, t: ["--csv", _csv(t, "")],
+     "scores.csv: the file is empty"),
+    ("fair scores of a row with extra fields", "wmdd.tools.fair_scores",
+     lambda c, t: ["--csv", _csv(t, RESULTS_HEADER + RESULTS_ROW + "cifar10,wmdd,2,1,fkd,40.0,2,extra,x\n")],
+     "scores.csv: not a readable CSV (Error tokenizing data"),
+    ("fair scores of a non-numeric top-1", "wmdd.tools.fair_scores",
+     lambda c, t: ["--csv", _csv(t, RESULTS_HEADER + "cifar10,wmdd,2,0,fkd,41.5%,2\n")],
+     "scores.csv: line 2, column top1: '41.5%' is not a number"),
+    ("plot of a non-numeric ipc", "wmdd.tools.plot_results",
+     lambda c, t: ["--csv", _csv(t, RESULTS_HEADER + "cifar10,wmdd,two,0,fkd,41.5,2\n"), "--out", c["out"]],
+     "scores.csv: line 2, column ipc: 'two' is not a number"),
 ]
 
 
@@ -237,6 +275,54 @@ def test_finished_recover_with_a_deleted_image_is_not_finished(finished, tiny_te
     assert "already finished" not in err
 
 
+@pytest.mark.parametrize("damage", ["delete", "add"])
+def test_downstream_stages_verify_the_recover_set(damage, finished, tiny_teacher, cifar_root, tmp_path, capsys):
+    """A finished recover set with an image deleted (or one added) after it finished: relabel and
+    train refuse it, naming the file, instead of running on the changed set."""
+    rec = tmp_path / "recover"
+    shutil.copytree(finished["recover"], rec)
+    victim = rec / "images" / "cat" / "0000.png"
+    if damage == "delete":
+        victim.unlink()
+        expect = f"{victim}: listed by {rec / 'manifest.json'} but missing"
+    else:
+        victim = victim.with_name("0009.png")
+        shutil.copy(rec / "images" / "cat" / "0000.png", victim)
+        expect = f"{victim}: not listed by {rec / 'manifest.json'}, so not part of the recover run's set"
+    for module, argv in (("relabel", _relabel_args(tiny_teacher, rec / "images", tmp_path / "relabel")),
+                         ("train", ["--hard-labels", "--images", rec / "images", "--data-path", cifar_root,
+                                    "--output-dir", tmp_path / "train", "--epochs", "1", "--workers", "0"])):
+        code, err = _call(module, argv, capsys)
+        assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {expect}"), err
+        assert not (tmp_path / module).exists()
+
+
+def test_a_multi_formation_set_keeps_its_factor_without_its_manifest(cifar_root, tmp_path, capsys):
+    """random-real --factor 2 copied elsewhere without its manifest: relabel still refuses the tiles
+    and train --protocol dsa decodes them with factor 2 (recorded inside images/); a manifest
+    replaced by ``{}`` or a list is refused by name."""
+    rec = tmp_path / "recover"
+    assert _call("recover", ["--method", "random-real", "--factor", "2", "--dataset", "cifar10", "--data-path",
+                             cifar_root, "--output-dir", rec, "--ipc", "1", "--workers", "0"], capsys)[0] == 0
+    copy = tmp_path / "copied" / "images"
+    shutil.copytree(rec / "images", copy)
+    code, err = _call("relabel", ["--teacher", tmp_path / "no-teacher", "--images", copy, "--output-dir",
+                                  tmp_path / "relabel"], capsys)
+    assert code == 2 and "stored with multi-formation factor 2" in err, err
+    out = tmp_path / "train"
+    assert _call("train", ["--protocol", "dsa", "--images", copy, "--dataset", "cifar10", "--data-path", cifar_root,
+                           "--output-dir", out, "--epochs", "1", "--workers", "0"], capsys)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["num_images"], results["training_images"]) == (10, 40)
+    for text, expect in (("{}\n", "a None manifest next to"), ("[1, 2]\n", "holds a JSON list, not a manifest")):
+        (rec / "manifest.json").write_text(text)
+        code, err = _call("train", ["--protocol", "dsa", "--images", rec / "images", "--dataset", "cifar10",
+                                    "--data-path", cifar_root, "--output-dir", tmp_path / "t2", "--epochs", "1"],
+                          capsys)
+        assert code == 2 and expect in err.strip().splitlines()[-1] and "Traceback" not in err, err
+        assert not (tmp_path / "t2").exists()
+
+
 @pytest.mark.parametrize("damage", ["delete", "swap", "truncate"])
 def test_damaged_soft_label_epochs_are_refused_before_training(damage, finished, tiny_teacher, cifar_root, tmp_path,
                                                                capsys):
@@ -274,6 +360,89 @@ def test_refused_pretrain_keeps_the_killed_runs_config(tiny_teacher, cifar_root,
     assert (out / "config.yaml").read_bytes() == config
 
 
+def test_refused_train_keeps_what_the_killed_run_recorded(finished, tiny_teacher, cifar_root, tmp_path, capsys):
+    """A train directory with ``last.pt`` but no recorded arguments (killed early, or the file
+    deleted): another command is refused before it writes anything, so that the right one then
+    resumes."""
+    out = tmp_path / "train"
+    args = _train_args(tiny_teacher, finished["recover"] / "images", finished["relabel"], cifar_root, out)
+    assert _call("train", args, capsys)[0] == 0
+    (out / "manifest.json").unlink()
+    (out / ".run_args.json").unlink()
+    before = _snapshot(out)
+    code, err = _call("train", args + ["--lr", "0.5"], capsys)
+    assert code == 2 and "last.pt: was written by a run with different arguments (lr: 0.001 there, 0.5 now)" in err
+    assert _snapshot(out) == before
+    assert _call("train", args, capsys)[0] == 0 and (out / "manifest.json").is_file()
+
+
+def test_a_second_writer_of_one_output_directory_is_refused(finished, tiny_teacher, cifar_root, tmp_path, capsys):
+    """Two recovers started on one --output-dir: the second is refused while the first holds the
+    directory's lock (here: this process, as a running recover would), and runs once it is free."""
+    from wmdd.io.lock import lock_output_dir, release_output_locks
+
+    out = tmp_path / "recover"
+    lock_output_dir(out, "recover")
+    holder = subprocess.run([sys.executable, "-m", "wmdd.recover", *map(str, _recover_args(tiny_teacher, cifar_root,
+                                                                                            out))],
+                            capture_output=True, text=True, check=False)
+    release_output_locks()
+    assert holder.returncode == 2 and holder.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: in use by wmdd recover (pid {os.getpid()}); wait for it to finish (then rerun: finished work "
+        "is kept) or pass another --output-dir")
+    assert not (out / "manifest.json").exists() and not (out / "images").exists()
+    assert _call("recover", _recover_args(tiny_teacher, cifar_root, out), capsys)[0] == 0
+
+
+def _fault(kind: str):
+    """A replacement for ``os.replace`` (every atomic write's last step) or ``torch.save`` that
+    fails as the machine would: a full disk, a read-only file system, Ctrl-C."""
+    def fail(*args, **kwargs):
+        if kind == "disk full":
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[-1]))
+        if kind == "read-only":
+            raise OSError(errno.EROFS, "Read-only file system", str(args[-1]))
+        if kind == "torch.save on a full disk":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        raise KeyboardInterrupt
+    return fail
+
+
+@pytest.mark.parametrize("stage", ["recover", "relabel", "train"])
+@pytest.mark.parametrize("kind,code,expect", [
+    ("disk full", 2, "the disk is full (No space left on device); fix that, then rerun the same command"),
+    ("read-only", 2, "the file system is read-only (Read-only file system); fix that, then rerun"),
+    ("torch.save on a full disk", 2, "the disk is full (torch.save stopped writing with 0 bytes free)"),
+    ("Ctrl-C", 130, "error: interrupted (Ctrl-C); rerun the same command to resume where it stopped"),
+])
+def test_faults_end_in_one_line_and_a_rerun_finishes(stage, kind, code, expect, finished, tiny_teacher, cifar_root,
+                                                      tmp_path, capsys, monkeypatch):
+    import shutil as shutil_module
+
+    import torch
+
+    from wmdd.io import files
+
+    if kind == "torch.save on a full disk" and stage == "recover":
+        pytest.skip("random-real recover saves no torch file")
+    out = tmp_path / stage
+    argv = {"recover": _recover_args(tiny_teacher, cifar_root, out),
+            "relabel": _relabel_args(tiny_teacher, finished["recover"] / "images", out),
+            "train": _train_args(tiny_teacher, finished["recover"] / "images", finished["relabel"], cifar_root,
+                                 out)}[stage]
+    with monkeypatch.context() as patch:
+        if kind == "torch.save on a full disk":
+            patch.setattr(torch, "save", _fault(kind))
+            patch.setattr(shutil_module, "disk_usage", lambda p: shutil_module._ntuple_diskusage(10, 10, 0))
+        else:
+            patch.setattr(files.os, "replace", _fault(kind))
+        got, err = _call(stage, argv, capsys)
+    lines = err.strip().splitlines()
+    assert got == code and lines[-1].startswith("error: ") and expect in lines[-1], err
+    assert "Traceback" not in err and not (out / "manifest.json").exists()
+    assert _call(stage, argv, capsys)[0] == 0 and (out / "manifest.json").is_file()
+
+
 def test_stale_recover_batches_are_redone_from_the_new_data(tiny_teacher, cifar_root, tmp_path, capsys):
     data = tmp_path / "cifar10"
     shutil.copytree(cifar_root, data)
@@ -294,6 +463,50 @@ def test_stale_recover_batches_are_redone_from_the_new_data(tiny_teacher, cifar_
     assert manifest["files"]["images/cat/0000.png"]["sha256"] == new["cat/0000.png"]
 
 
+def test_recover_owns_its_image_folders(tiny_teacher, cifar_root, tmp_path, capsys):
+    """A foreign file in ``images/<class>/`` of an unfinished run, or an ``images/`` folder in an
+    --output-dir where no recover run started, is refused and left as it was; no manifest is
+    written that would list it."""
+    out = tmp_path / "recover"
+    args = _recover_args(tiny_teacher, cifar_root, out)
+    assert _call("recover", args, capsys)[0] == 0
+    (out / "manifest.json").unlink()  # killed after its last batch
+    foreign = out / "images" / "cat" / "holiday.png"
+    foreign.write_bytes((out / "images" / "cat" / "0000.png").read_bytes())
+    before = _snapshot(out)
+    code, err = _call("recover", args, capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: {foreign}: not written by wmdd recover, which owns {out / 'images'}; move it away, then rerun the "
+        "same command (finished class batches are kept)")
+    assert _snapshot(out) == before and not (out / "manifest.json").exists()
+    foreign.unlink()
+    assert _call("recover", args, capsys)[0] == 0
+    listed = {k for k in json.loads((out / "manifest.json").read_text())["files"] if k.startswith("images/")}
+    assert listed == {f"images/{k}" for k in _snapshot(out / "images")} and len(listed) == 20 + 1  # + .wmdd_set.json
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "images" / "cat").mkdir(parents=True)
+    (elsewhere / "images" / "cat" / "0000.png").write_bytes(b"a user's image")
+    code, err = _call("recover", _recover_args(tiny_teacher, cifar_root, elsewhere), capsys)
+    assert code == 2 and "images already exists but no recover run was started there" in err
+    assert _snapshot(elsewhere) == {"images/cat/0000.png": hashlib.sha256(b"a user's image").hexdigest()}
+
+
+def test_batch_markers_carry_the_arguments(tiny_teacher, cifar_root, tmp_path, capsys):
+    """A finished --ipc 3 run whose manifest and recorded arguments were deleted, rerun with
+    --ipc 2: its batches are redone, not taken as done, and the set holds 2 images per class."""
+    out = tmp_path / "recover"
+    args = _recover_args(tiny_teacher, cifar_root, out)
+    ipc3 = [a if a != "2" else "3" for a in args]
+    assert _call("recover", ipc3, capsys)[0] == 0
+    (out / "manifest.json").unlink()
+    (out / ".run_args.json").unlink()
+    assert _call("recover", args, capsys)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ipc"] == 2 and manifest["num_images"] == 20
+    assert sorted(p.name for p in (out / "images" / "cat").iterdir()) == ["0000.png", "0001.png"]
+
+
 def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
     from wmdd.data.folders import resolve_classes
     from wmdd.errors import UserError
@@ -309,6 +522,9 @@ def test_resolve_classes_first_n_and_a_file(cifar_root, tmp_path):
             resolve_classes(value, train)
     names.write_text("cat\nzebra\n")
     with pytest.raises(UserError, match="not class folders of .*'zebra'"):
+        resolve_classes(str(names), train)
+    names.write_text("cat\nship\n\ncat # again\n")
+    with pytest.raises(UserError, match="classes.txt: line 4 names 'cat' again \\(first on line 1\\); list each"):
         resolve_classes(str(names), train)
 
 
@@ -346,7 +562,7 @@ def test_a_class_subset_runs_through_every_stage_and_is_checked(cifar_root, tmp_
     assert code == 2 and "the teacher was trained on a class subset: pass its --classes here too" in err
     assert not recover.exists()
     assert _call("recover", _recover_args(teacher, cifar_root, recover) + ["--classes", "3"], capsys)[0] == 0
-    assert sorted(p.name for p in (recover / "images").iterdir()) == ["airplane", "automobile", "bird"]
+    assert sorted(p.name for p in (recover / "images").iterdir() if p.is_dir()) == ["airplane", "automobile", "bird"]
     train = tmp_path / "train"
     hard = ["--images", recover / "images", "--hard-labels", "--dataset", "cifar10", "--data-path", cifar_root,
             "--model", "convnet", "--model-kwargs", "width=8", "--epochs", "1", "--workers", "0",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -184,6 +185,14 @@ def test_dance_set_trains_under_the_dance_protocol(experts, cifar_root, tmp_path
     proc = run_module("wmdd.tools.decode_images", "--images", tmp_path / "none" / "images", "--output-dir",
                       tmp_path / "d2", check=False)
     assert proc.returncode == 2 and "not a multi-formation set" not in proc.stderr and "none" in proc.stderr
+    # An --output-dir whose images/ another tool wrote is refused, and left as it was.
+    foreign = tmp_path / "foreign"
+    (foreign / "images" / "cat").mkdir(parents=True)
+    (foreign / "images" / "cat" / "mine.png").write_bytes(b"a user's file")
+    proc = run_module("wmdd.tools.decode_images", "--images", rec / "images", "--output-dir", foreign, check=False)
+    assert proc.returncode == 2 and "images already exists and was not written by wmdd decode" in proc.stderr
+    assert [p.name for p in foreign.rglob("*")] == ["images", "cat", "mine.png"]
+    assert (foreign / "images" / "cat" / "mine.png").read_bytes() == b"a user's file"
 
 
 def test_random_real_with_factor_2_is_dance_s_starting_point(cifar_root, tmp_path):
@@ -229,7 +238,9 @@ def _other_size(data):
 @pytest.mark.parametrize("case,expect", [
     ("missing", "experts.pt: experts file not found"),
     ("truncated", "cannot load experts"),
-    ("class count", "experts were trained on 5 classes"),
+    ("random bytes", "experts.pt: cannot load experts (UnpicklingError: "),
+    ("class count", ("experts were trained on 5 classes, DATA has 10; add --classes 5 (the experts' classes are "
+                     "the first 5)")),
     ("input size", "experts were trained at 28 px, this run uses 32 px"),
     ("no experts flag", "--method dance needs --experts DIR"),
     ("too many experts", "--num-experts 3"),
@@ -243,6 +254,10 @@ def test_bad_experts_are_refused_without_a_manifest(case, expect, experts, cifar
         blob = (experts / "experts.pt").read_bytes()
         (tmp_path / "cut" / "experts.pt").write_bytes(blob[:len(blob) // 2])
         path = str(tmp_path / "cut")
+    elif case == "random bytes":
+        (tmp_path / "noise").mkdir()
+        (tmp_path / "noise" / "experts.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+        path = str(tmp_path / "noise")
     elif case == "class count":
         path = _edited(experts, tmp_path, _fewer_classes)
     elif case == "input size":
@@ -256,7 +271,9 @@ def test_bad_experts_are_refused_without_a_manifest(case, expect, experts, cifar
     else:
         proc = _dance(path, cifar_root, out, *extra)
     assert proc.returncode == 2, proc.stderr
-    assert expect in proc.stderr and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expect.replace("DATA", str(cifar_root / "train")) in last, proc.stderr
+    assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
     assert not (out / "manifest.json").exists()
 
 

@@ -212,6 +212,23 @@ def test_relabel_killed_and_rerun_gives_identical_files(relabelled, ipc5_images,
         assert (full / "soft_labels" / name).read_bytes() == (killed / "soft_labels" / name).read_bytes(), name
 
 
+def test_relabel_resume_redoes_a_damaged_epoch_file(ipc5_images, tiny_teacher, tmp_path):
+    """A killed relabel that left a damaged epoch file behind: the resume redoes that epoch
+    (a log line names the file) instead of taking it as done, and the result equals an
+    uninterrupted run."""
+    full = tmp_path / "full"
+    _relabel(tiny_teacher, ipc5_images, full, epochs=2)
+    killed = tmp_path / "killed"
+    _relabel(tiny_teacher, ipc5_images, killed, epochs=2)
+    (killed / "manifest.json").unlink()
+    damaged = killed / "soft_labels" / "epoch_0001.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    rerun = _relabel(tiny_teacher, ipc5_images, killed, epochs=2)
+    assert f"{damaged}: cannot load soft-label file" in rerun.stderr and "redoing epoch 1" in rerun.stderr
+    assert "(1 to do on this rank)" in rerun.stderr
+    assert damaged.read_bytes() == (full / "soft_labels" / "epoch_0001.pt").read_bytes()
+
+
 def test_top_k_truncation_is_stored_with_indices(tiny_teacher, ipc5_images, tmp_path):
     out = tmp_path / "top3"
     _relabel(tiny_teacher, ipc5_images, out, "--top-k", "3", epochs=1)

@@ -150,7 +150,7 @@ def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | Non
 
     Raises:
         UserError: N < 1 or more than the class folders, a missing, binary or empty
-            file, or a name that is not a class folder of ``train_dir``.
+            file, a name listed twice, or a name that is not a class folder of ``train_dir``.
     """
     if value is None:
         return None
@@ -170,8 +170,16 @@ def resolve_classes(value: str | None, train_dir: str | Path) -> list[str] | Non
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file; --classes takes a number or a file with one class "
                         "folder name per line") from None
-    names = [line.split("#", 1)[0].strip() for line in lines]
-    names = sorted({n for n in names if n})
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise UserError(f"{path}: line {number} names {name!r} again (first on line {first_line[name]}); "
+                            "list each class once")
+        first_line[name] = number
+    names = sorted(first_line)
     if not names:
         raise UserError(f"{path}: no class names (one class folder name per line)")
     unknown = [n for n in names if n not in found]

@@ -7,9 +7,11 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+#: Free bytes below which a failed ``torch.save`` is reported as a full disk.
+NEARLY_FULL_BYTES = 256 << 20
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` to ``path`` atomically.
+
+    Raises:
+        OSError: ``ENOSPC`` naming ``path`` when the write failed on a disk with less than
+            :data:`NEARLY_FULL_BYTES` free (torch reports a full disk as a ``RuntimeError``
+            from its zip writer, "unexpected pos ..."); other errors as ``torch.save`` raises them.
+    """
+    path = Path(path)
+
+    def write(f):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            free = shutil.disk_usage(path.parent).free
+            if free >= NEARLY_FULL_BYTES:
+                raise
+            raise OSError(errno.ENOSPC, f"torch.save stopped writing with {free} bytes free", str(path)) from exc
+
+    _atomic_write(path, write)
 
 
 def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
@@ -69,8 +92,19 @@ def torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise UserError(f"{path}: cannot load {what} ({type(exc).__name__}: {exc}); "
+        raise UserError(f"{path}: cannot load {what} ({load_failure(exc)}); "
                         "the file is corrupt or not a PyTorch file, recreate it") from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed: its exception type and the reason, without
+    the multi-line advice that ``weights_only`` loading adds (which would suggest loading an
+    untrusted file unsafely)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    reason = " ".join(text.split())
+    return f"{type(exc).__name__}: {reason[:200]}" if reason else type(exc).__name__
 
 
 def check_output_dir(path: str | Path, option: str = "--output-dir") -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 from wmdd.data.folders import recorded_classes
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_json, check_output_dir, read_json, sha256_file
+from wmdd.io.lock import lock_output_dir
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -126,7 +127,7 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
     if not path.is_file():
         raise UserError(f"{stage_dir}: no {MANIFEST}, so the {stage} stage did not finish there; "
                         f"run (or re-run) `python -m {stage}` with --output-dir {stage_dir}")
-    manifest = read_json(path, "manifest")
+    manifest = _json_object(path, "manifest")
     if manifest.get("stage") != stage:
         raise UserError(f"{path}: is a {manifest.get('stage')!r} manifest, expected {stage!r}; "
                         f"pass the {stage} stage's output directory")
@@ -137,17 +138,74 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
     return manifest
 
 
+#: A small record inside a distilled set's ``images/`` folder (written by recover and decode),
+#: so that the set's multi-formation factor and input size travel with the images when the
+#: folder is copied without its run's manifest.
+SET_RECORD = ".wmdd_set.json"
+
+
+def write_set_record(images_dir: str | Path, *, stage: str, factor: int, input_size: int) -> None:
+    """Write :data:`SET_RECORD` into ``images_dir``: the ``stage`` that wrote the images
+    (``"recover"`` or ``"decode"``), the multi-formation ``factor`` of the stored images (1 for
+    whole images) and their side ``input_size`` in pixels."""
+    atomic_write_json(Path(images_dir) / SET_RECORD, {"format": "wmdd-distilled-set", "stage": stage,
+                                                      "factor": int(factor), "input_size": int(input_size)})
+
+
+def _json_object(path: Path, what: str) -> dict:
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not a {what} (an object); restore it, or "
+                        "rerun the stage that wrote it")
+    return data
+
+
 def recover_record(images_dir: str | Path) -> dict:
-    """The ``manifest.json`` of the recover run that wrote ``images_dir`` (the file
-    next to the folder), read without verifying its outputs; ``{}`` when there is
-    none (images made elsewhere). Source of a distilled set's recorded
-    properties (multi-formation ``"factor"``, ``"input_size"`` in pixels).
+    """What is recorded about the distilled set in ``images_dir``: the ``manifest.json`` of the
+    run that wrote it (the file next to the folder, read without verifying its outputs),
+    overridden by the set's own :data:`SET_RECORD` inside the folder; ``{}`` when there is
+    neither (images made elsewhere). Source of a set's recorded properties
+    (multi-formation ``"factor"``, ``"input_size"`` in pixels).
 
     Raises:
-        UserError: the manifest is unreadable (:func:`wmdd.io.files.read_json`).
+        UserError: a record is unreadable or not a JSON object (:func:`wmdd.io.files.read_json`).
     """
-    manifest = Path(images_dir).parent / MANIFEST
-    return read_json(manifest, "recover manifest") if manifest.is_file() else {}
+    images_dir = Path(images_dir)
+    manifest = images_dir.parent / MANIFEST
+    record = _json_object(manifest, "recover manifest") if manifest.is_file() else {}
+    own = images_dir / SET_RECORD
+    if own.is_file():
+        record = {**record, **_json_object(own, "distilled-set record")}
+    return record
+
+
+def verify_upstream(images_dir: str | Path) -> None:
+    """Check a distilled set against the manifest of the recover or decode run that wrote it
+    (``manifest.json`` next to ``images_dir``; a set without one is taken as it is): every
+    listed file still there and unchanged, and no image that the manifest does not list.
+    Relabel and train call it, as each stage checks its own outputs before reusing them.
+
+    Raises:
+        UserError: the manifest is unreadable, not a recover or decode manifest, or an image is
+            missing, changed or extra (names the file and the fix).
+    """
+    images_dir = Path(images_dir)
+    path = images_dir.parent / MANIFEST
+    if not path.is_file():
+        return
+    stage = _json_object(path, "manifest").get("stage")
+    if stage not in ("recover", "decode"):
+        raise UserError(f"{path}: a {stage!r} manifest next to {images_dir}, not one of recover or decode; pass the "
+                        "images folder of a recover or decode output")
+    manifest = read_manifest(images_dir.parent, stage)
+    listed = set(manifest.get("files", {}))
+    prefix = images_dir.name + "/"
+    if listed:
+        for file in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+            rel = prefix + file.relative_to(images_dir).as_posix()
+            if rel not in listed:
+                raise UserError(f"{file}: not listed by {path}, so not part of the {stage} run's set; move it away "
+                                f"(or delete {images_dir.parent} and run {stage} again)")
 
 
 RUN_ARGS = ".run_args.json"
@@ -173,9 +231,14 @@ def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:
     epoch) call this before writing anything else, so a resumed run can never
     mix outputs of two different configurations.
 
+    It first takes the directory's writer lock (:func:`wmdd.io.lock.lock_output_dir`), so two
+    runs started on one directory never both write there.
+
     Raises:
-        UserError: the directory holds an unfinished run with other arguments.
+        UserError: the directory holds an unfinished run with other arguments, or another
+            process is writing there.
     """
+    lock_output_dir(stage_dir, stage)
     path = Path(stage_dir) / RUN_ARGS
     new = jsonable(args)
     if path.exists():

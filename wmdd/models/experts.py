@@ -121,11 +121,18 @@ class Experts:
             where: the data folder, for the message.
 
         Raises:
-            UserError: another class count, other class names or another input size.
+            UserError: another class count (with ``--classes`` as the fix when the experts'
+                classes are among the run's), other class names or another input size.
         """
         if len(classes) != len(self.classes):
+            if list(classes[:len(self.classes)]) == self.classes:
+                fix = f"add --classes {len(self.classes)} (the experts' classes are the first {len(self.classes)})"
+            elif set(self.classes) <= set(classes):
+                fix = "add --classes FILE listing the experts' classes, one per line"
+            else:
+                fix = "pretrain experts on this dataset (python -m wmdd.pretrain --experts N)"
             raise UserError(f"{self.path}: experts were trained on {len(self.classes)} classes, {where} has "
-                            f"{len(classes)}; pretrain experts on this dataset (python -m wmdd.pretrain --experts N)")
+                            f"{len(classes)}; {fix}")
         if list(classes) != self.classes:
             other = [c for c in classes if c not in self.classes][:3]
             raise UserError(f"{self.path}: experts' class folders differ from {where} (e.g. {other}); "

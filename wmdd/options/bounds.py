@@ -108,8 +108,11 @@ COUNT = Bounded(int, 1)
 NON_NEGATIVE_INT = Bounded(int, 0)
 #: Random seeds, [0, 2^31 - 1] (what every generator the stages seed accepts).
 SEED = Bounded(int, 0, 2**31 - 1)
-#: Learning rates, temperatures, Beta-distribution parameters (> 0).
+#: Learning rates, Beta-distribution parameters (> 0).
 POSITIVE = Bounded(float, 0, low_open=True)
+#: Knowledge-distillation temperatures, >= 0.01: the KD loss is scaled by T^2, which
+#: underflows float32 to exactly 0 below about 1e-23 (the student then never learns).
+TEMPERATURE = Bounded(float, 0.01)
 #: Loss weights and weight decay (>= 0).
 NON_NEGATIVE = Bounded(float, 0)
 #: Probabilities, [0, 1].

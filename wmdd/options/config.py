@@ -124,7 +124,7 @@ def _choices(parser: argparse.ArgumentParser, dest: str | None) -> list[str]:
 
 
 def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str,
-                    variant: str | None = None, chosen: str | None = None) -> dict:
+                    variant: str | None = None, chosen: str | None = None, refuse_unmatched: bool = False) -> dict:
     """The settings for ``stage`` in the YAML file ``path``, checked against ``parser``.
 
     Args:
@@ -132,14 +132,20 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
             (recover: ``"method"``); ``None`` for none.
         chosen: the value of that option for this run; its sub-section's keys
             override the plain keys. Every sub-section is checked either way.
+        refuse_unmatched: refuse a section whose settings are all in sub-sections of other
+            values than ``chosen`` (recover: a ``dm:`` sub-section alone under ``--method
+            wmdd``, a likely mistake); train's presets hold an ``fkd:`` sub-section alone on
+            purpose (the DSA protocols keep their own settings).
 
     Returns:
         ``{dest: value}`` ready for ``parser.set_defaults``.
 
     Raises:
         UserError: as :func:`load_yaml_section`, the YAML names a setting the
-            parser does not know, a sub-section is not a mapping, or a value is
-            of the wrong kind or out of range (:func:`checked_value`).
+            parser does not know, a sub-section is not a mapping, a value is
+            of the wrong kind or out of range (:func:`checked_value`), or the section
+            holds only sub-sections of other ``variant`` values than ``chosen`` (with
+            ``refuse_unmatched``).
     """
     settings = load_yaml_section(path, stage)
     known = {a.dest for a in parser._actions}
@@ -163,14 +169,19 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
             dest = str(key).replace("-", "_")
             items[key] = checked_value(actions[dest], value, f"{path}: {where} setting {key!r}")
     if chosen is not None:
-        settings.update({str(k).replace("-", "_"): v
-                         for k, v in sections.get(str(chosen).replace("-", "_"), {}).items()})
+        own = str(chosen).replace("-", "_")
+        if refuse_unmatched and sections and not settings and own not in sections:
+            flag = next(a.option_strings[-1] for a in parser._actions if a.dest == variant)
+            raise UserError(f"{path}: the {stage} section holds settings only for {flag} "
+                            f"{', '.join(sections)}, none apply to {flag} {chosen}; add a {chosen!r} sub-section "
+                            f"or pick one of those")
+        settings.update({str(k).replace("-", "_"): v for k, v in sections.get(own, {}).items()})
     return settings
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str,
-                      variant: str | None = None, variant_defaults: dict[str, dict] | None = None
-                      ) -> argparse.Namespace:
+                      variant: str | None = None, variant_defaults: dict[str, dict] | None = None,
+                      refuse_unmatched: bool = False) -> argparse.Namespace:
     """Parse ``argv`` with defaults overridden by ``--config FILE.yaml`` when given.
 
     The parser must define ``--config``. Precedence: command line > the YAML
@@ -179,7 +190,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     parser's defaults.
 
     Raises:
-        UserError: the YAML names a setting the parser does not know (:func:`config_defaults`).
+        UserError: the YAML names a setting the parser does not know, or (with
+            ``refuse_unmatched``) holds settings only for other variants (:func:`config_defaults`).
     """
     pre, _ = parser.parse_known_args(argv)
     path = getattr(pre, "config", None)
@@ -188,7 +200,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     chosen = getattr(parser.parse_known_args(argv)[0], variant) if variant else None
     parser.set_defaults(**(variant_defaults or {}).get(chosen, {}))
     if path:
-        parser.set_defaults(**config_defaults(parser, path, stage, variant, chosen))
+        parser.set_defaults(**config_defaults(parser, path, stage, variant, chosen, refuse_unmatched))
     return parser.parse_args(argv)
 
 

@@ -5,6 +5,7 @@ status 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -42,8 +43,29 @@ def user_message(exc: UserError) -> str:
     return text
 
 
+#: ``errno`` values of a write that the machine refused, with what to tell the user.
+WRITE_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
+def fault_message(exc: OSError) -> str | None:
+    """One line for an :class:`OSError` that the machine, not the code, caused (disk full,
+    read-only, no permission): the path, the cause and that a rerun resumes; ``None`` for
+    any other error (which stays a traceback: a bug to report)."""
+    cause = WRITE_FAULTS.get(exc.errno)
+    if cause is None:
+        return None
+    where = exc.filename or "a file of this stage"
+    return (f"{where}: {cause} ({exc.strerror}); fix that, then rerun the same command: finished work is kept "
+            "and the stage resumes")
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run ``main(argv)`` and exit: 0 on success, 2 on :class:`UserError`."""
+    """Run ``main(argv)`` and exit: 0 on success; 2 with one ``error:`` line on a
+    :class:`UserError` or a write the machine refused (:func:`fault_message`); 130 with one
+    line on Ctrl-C (SIGINT), which leaves a resumable run like SIGTERM does."""
+    from wmdd.io.lock import release_output_locks
     from wmdd.runtime.distributed import cleanup
 
     setup_logging()
@@ -52,7 +74,17 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except UserError as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); rerun the same command to resume where it stopped", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        message = fault_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     finally:
+        release_output_locks()
         cleanup()
     sys.exit(code or 0)
 

@@ -35,7 +35,14 @@ from wmdd.pretrain.experts import EXPERT_ONLY, PRETRAIN_KINDS, train_experts
 from wmdd.pretrain.loop import train_one_epoch
 from wmdd.recover.dsa import DSAParams
 from wmdd.runtime.distributed import DistContext, setup
-from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, unwrap
+from wmdd.runtime.training import (
+    ResumableRun,
+    build_epoch_scheduler,
+    build_optimizer,
+    evaluate,
+    load_resume_state,
+    unwrap,
+)
 
 log = logging.getLogger("wmdd.pretrain")
 
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if ctx.is_main:
+        load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)  # refused before anything is written
         out.mkdir(parents=True, exist_ok=True)
         record_run_args(out, "pretrain", run_args)
         save_resolved_config(args, out / "config.yaml")

@@ -30,7 +30,14 @@ from wmdd.data.folders import image_folder, resolve_classes, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_torch_save, atomic_write_json, torch_load
-from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from wmdd.io.manifest import (
+    RUN_ARGS,
+    finished_with_same_args,
+    record_run_args,
+    run_arguments,
+    write_manifest,
+    write_set_record,
+)
 from wmdd.models.experts import load_experts
 from wmdd.models.teacher import Teacher, check_classes, load_teacher
 from wmdd.options.config import save_resolved_config
@@ -38,7 +45,14 @@ from wmdd.options.parsing import progress, run_main
 from wmdd.recover.barycenter import class_barycenter
 from wmdd.recover.batches import class_batches, marker_path, pending_batches, real_choice
 from wmdd.recover.features import cache_key, cached_features, dataset_fingerprint
-from wmdd.recover.images import save_class_images, write_grid, write_sample_weights, write_sources
+from wmdd.recover.images import (
+    check_images_complete,
+    check_images_owned,
+    save_class_images,
+    write_grid,
+    write_sample_weights,
+    write_sources,
+)
 from wmdd.recover.medoids import medoid_assignment
 from wmdd.recover.methods import RecoverMethod, Resources, get_method
 from wmdd.recover.methods.registry import INITS
@@ -145,9 +159,9 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
 
 
 def batch_inputs(res: Resources) -> dict:
-    """What a class batch's images depend on besides the arguments (recorded in its marker,
-    :func:`wmdd.recover.batches.pending_batches`): the real train split's fingerprint and the
-    sha256 of the teacher and the experts (``None`` when not used)."""
+    """What a class batch's images depend on besides the arguments (recorded with them in its
+    marker, :func:`wmdd.recover.batches.pending_batches`): the real train split's fingerprint
+    and the sha256 of the teacher and the experts (``None`` when not used)."""
     return {"dataset": dataset_fingerprint(res.dataset),
             "teacher_sha256": res.teacher.sha256 if res.teacher else None,
             "experts_sha256": res.experts.sha256 if res.experts else None}
@@ -195,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     needs = cls.needs(args) | INITS[args.init]
     teacher, res = load_inputs(args, needs, ctx, cls.real_per_image(args))
     if ctx.is_main:
+        check_images_owned(out / "images", res.classes,
+                           (out / RUN_ARGS).is_file() or marker_path(out, 0).parent.is_dir())
         out.mkdir(parents=True, exist_ok=True)
         record_run_args(out, "recover", run_args)
         save_resolved_config(args, out / "config.yaml")
@@ -212,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SynthesisConfig(iterations=args.iterations, lr=args.lr, optimisation=cls.optimisation(args),
                              log_every=args.log_every) if cls.optimizes else None
     batches = class_batches(len(res.classes), args.ipc, args.batch_size)
-    inputs = batch_inputs(res)
+    inputs = {**batch_inputs(res), "args": run_args}
     todo = pending_batches(out, ctx.shard(len(batches)), inputs)
     log.info("%s: %d classes x IPC %d in %d batches (%d to do on this rank), %d px, %s", args.method,
              len(res.classes), args.ipc, len(batches), len(todo), res.input_size, ctx.device)
@@ -240,6 +256,9 @@ def finish(args, method: RecoverMethod, batches: list[list[int]], out: Path, run
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     weights = bary["weights"] if bary is not None and args.weight_wb else torch.ones(len(res.classes), args.ipc)
     write_sample_weights(out / "sample_weights.csv", res.classes, weights)
+    check_images_complete(out / "images", res.classes, args.ipc)
+    write_set_record(out / "images", stage="recover", factor=method.manifest_fields().get("factor", 1),
+                     input_size=res.input_size)
     write_grid(out / "images", res.classes, out / "grid.png")
     outputs = ["images", "sample_weights.csv", "grid.png", "metrics.jsonl", "config.yaml"]
     if sources:

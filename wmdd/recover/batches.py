@@ -27,11 +27,11 @@ def pending_batches(out: Path, indices: list[int], inputs: dict) -> list[int]:
     """The class batches among ``indices`` still to do.
 
     A batch is done when its marker exists and records the same ``inputs`` (what the
-    images depend on besides the arguments: the real data's fingerprint, the
-    teacher's and the experts' sha256; markers written before inputs were recorded
-    count as done). A marker from other inputs (e.g. the class
-    folders were replaced after a killed run) is stale: its images and the marker are
-    deleted, the batch is redone, and a log line says so.
+    images depend on: the run's arguments, the real data's fingerprint, the teacher's and
+    the experts' sha256; markers written before inputs were recorded count as done). A
+    marker from other inputs (e.g. the class folders were replaced after a killed run, or
+    the recorded arguments were deleted and the run restarted with another ``--ipc``) is
+    stale: its images and the marker are deleted, the batch is redone, and a log line says so.
     """
     todo = []
     for b in indices:

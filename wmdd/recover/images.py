@@ -3,6 +3,8 @@ and the per-image sample weights."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,9 @@ from torchvision.utils import make_grid, save_image
 
 from wmdd.data.datasets import DatasetSpec
 from wmdd.data.transforms import denormalize
+from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_bytes
+from wmdd.io.manifest import SET_RECORD
 from wmdd.relabel.views import read_image
 
 #: At most this many classes (rows) and images per class (columns) in grid.png.
@@ -24,12 +28,64 @@ def image_name(index: int) -> str:
     return f"{index:04d}.png"
 
 
+#: The names :func:`image_name` gives.
+IMAGE_NAME = re.compile(r"\d{4,}\.png")
+
+
+def check_images_owned(images_dir: Path, classes: list[str], unfinished_run: bool) -> None:
+    """Refuse an ``images_dir`` that this recover run may not write into: one that exists
+    without an unfinished recover run beside it, or holds anything but ``<class>/NNNN.png``
+    files of ``classes`` (a file someone put there would otherwise join the set).
+
+    Args:
+        images_dir: ``OUT/images``.
+        classes: the run's class folder names.
+        unfinished_run: ``OUT`` holds the recorded arguments or batch markers of a recover
+            run (a killed one, being resumed).
+
+    Raises:
+        UserError: naming the directory or the first foreign file and the fix.
+    """
+    if not images_dir.exists():
+        return
+    if not unfinished_run:
+        raise UserError(f"--output-dir {images_dir.parent}: {images_dir} already exists but no recover run was "
+                        "started there; pass a new or empty directory (nothing there was changed)")
+    allowed = set(classes)
+    for path in sorted(images_dir.rglob("*")):
+        parts = path.relative_to(images_dir).parts
+        ours = parts == (SET_RECORD,) or parts[0] in allowed and ((len(parts) == 1 and path.is_dir())
+                                        or (len(parts) == 2 and path.is_file() and IMAGE_NAME.fullmatch(parts[1])))
+        if not ours:
+            raise UserError(f"{path}: not written by wmdd recover, which owns {images_dir}; move it away, then rerun "
+                            "the same command (finished class batches are kept)")
+
+
+def check_images_complete(images_dir: Path, classes: list[str], ipc: int) -> None:
+    """Check that ``images_dir`` holds exactly ``classes`` x ``ipc`` images named by
+    :func:`image_name`, before a manifest lists them.
+
+    Raises:
+        UserError: a missing or an extra file (names it).
+    """
+    expected = {f"{c}/{image_name(i)}" for c in classes for i in range(ipc)}
+    found = {p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*") if p.is_file()} - {SET_RECORD}
+    if found - expected:
+        extra = images_dir / min(found - expected)
+        raise UserError(f"{extra}: not written by this recover run; move it away, then rerun the same command "
+                        "(finished class batches are kept)")
+    if expected - found:
+        raise UserError(f"{images_dir / min(expected - found)}: missing; rerun the same command")
+
+
 def save_class_images(images: torch.Tensor, spec: DatasetSpec, folder: Path) -> list[Path]:
-    """Save normalised images ``[n, 3, S, S]`` as ``folder/0000.png ...`` (8-bit RGB, lossless).
+    """Save normalised images ``[n, 3, S, S]`` as ``folder/0000.png ...`` (8-bit RGB, lossless),
+    replacing whatever ``folder`` held (the images of an interrupted or stale attempt).
 
     Returns:
         The written paths, in image order.
     """
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     pixels = denormalize(images.detach().float().cpu(), spec)
     paths = []

@@ -2,10 +2,12 @@
 object that runs the teacher and combines them.
 
     L = [wb]  ||f(x~) - b||_2                                    (Eq. 5, Frobenius over the batch)
-      + r_bn * sum_l m_l * sum_c ( ||mu_l(x~_c) - mu_{l,c}||_2 + ||var_l(x~_c) - var_{l,c}||_2 )   (Eq. 6)
+      + r_bn * R_c sum_l m_l * ( ||mu_l(x~_c) - mu_{l,c}||_2 + ||var_l(x~_c) - var_{l,c}||_2 )   (Eq. 6)
       + r_ce * CE(teacher(x~), c)
 
-with ``m_l`` = ``first_bn_multiplier`` for the first BN layer and 1 otherwise.
+with ``m_l`` = ``first_bn_multiplier`` for the first BN layer and 1 otherwise, and ``R_c`` the
+sum (``bn_reduction="sum"``) or the mean (``"mean"``, the authors' per-class script) over the
+classes of the batch.
 Per-class BN compares the IPC images of each class in the batch with that
 class's statistics; global BN compares the whole batch with the global
 statistics (SRe2L's regulariser).
@@ -83,13 +85,19 @@ def group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Ten
     return _GroupMoments.apply(x if x.dtype == torch.float64 else x.float(), groups)
 
 
+#: How the BN term of WMDD Eq. 6 combines the classes of a batch.
+BN_REDUCTIONS = ("sum", "mean")
+
+
 def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, torch.Tensor],
                      target_var: dict[str, torch.Tensor], layers: list[str],
-                     first_bn_multiplier: float = 1.0) -> torch.Tensor:
-    """WMDD Eq. 6: sum over BN layers and groups of ``||mean - target_mean||_2 +
-    ||var - target_var||_2``. With one group and global statistics it is SRe2L's BN
-    regulariser. ``first_bn_multiplier`` is the official code's extra weight of the first
-    layer (inherited from SRe2L's code), not part of Eq. 6.
+                     first_bn_multiplier: float = 1.0, reduction: str = "sum") -> torch.Tensor:
+    """WMDD Eq. 6: sum over BN layers, and sum or mean over groups, of ``||mean - target_mean||_2
+    + ||var - target_var||_2``. With one group and global statistics it is SRe2L's BN
+    regulariser. ``first_bn_multiplier`` is SRe2L's code's extra weight of the first layer (10
+    there; 1 in WMDD's per-class script), not part of Eq. 6. ``reduction="mean"`` averages over
+    the groups as WMDD's per-class script does (its lambda values assume it); ``"sum"`` weighs
+    the term G times more.
 
     Args:
         inputs: layer name -> BN input ``[B, C, H, W]`` of the batch (any float dtype, upcast).
@@ -97,20 +105,24 @@ def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, tor
             group of ``B / G`` consecutive images (G = classes in the batch for
             per-class BN, 1 for global BN).
         layers: BN layer names in forward order; the first gets ``first_bn_multiplier``.
+        reduction: ``"sum"`` or ``"mean"`` over the G groups.
 
     Returns:
         Scalar float32 loss.
 
     Raises:
-        ValueError: ``B`` is not a multiple of ``G`` (:func:`group_moments`).
+        ValueError: ``B`` is not a multiple of ``G`` (:func:`group_moments`), or an unknown
+            ``reduction``.
     """
+    if reduction not in BN_REDUCTIONS:
+        raise ValueError(f"reduction {reduction!r}: expected one of {', '.join(BN_REDUCTIONS)}")
     total = torch.zeros((), device=next(iter(inputs.values())).device)
     for i, name in enumerate(layers):
         mu_t, var_t = target_mean[name], target_var[name]
         mean, var = group_moments(inputs[name], mu_t.shape[0])
         term = torch.linalg.vector_norm(mean - mu_t, dim=1).sum() + torch.linalg.vector_norm(var - var_t, dim=1).sum()
         total = total + (first_bn_multiplier if i == 0 else 1.0) * term
-    return total
+    return total / mu_t.shape[0] if reduction == "mean" else total
 
 
 class RecoverObjective:
@@ -128,6 +140,8 @@ class RecoverObjective:
         use_wb: include the barycenter feature-matching term.
         r_bn, r_ce: weights of the BN and cross-entropy terms.
         first_bn_multiplier: extra weight of the first BN layer.
+        bn_reduction: ``"sum"`` or ``"mean"`` of the BN term over the classes of a batch
+            (:func:`bn_matching_loss`).
         device: where the statistics are moved.
 
     Raises:
@@ -140,10 +154,11 @@ class RecoverObjective:
     """
 
     def __init__(self, model: nn.Module, bn_stats: dict | None, *, per_class_bn: bool, use_wb: bool,
-                 r_bn: float, r_ce: float, first_bn_multiplier: float, device: torch.device):
+                 r_bn: float, r_ce: float, first_bn_multiplier: float, device: torch.device,
+                 bn_reduction: str = "sum"):
         self.model = model.eval().requires_grad_(False)
         self.per_class_bn, self.use_wb = per_class_bn, use_wb
-        self.r_bn, self.r_ce, self.first = r_bn, r_ce, first_bn_multiplier
+        self.r_bn, self.r_ce, self.first, self.bn_reduction = r_bn, r_ce, first_bn_multiplier, bn_reduction
         self.inputs: dict[str, torch.Tensor] = {}
         self.capture = BNInputCapture(model, self.inputs.__setitem__) if r_bn > 0 else None
         self.layers = [n for n, _ in self.capture.layers] if self.capture else []
@@ -196,7 +211,7 @@ class RecoverObjective:
             parts["feature"] = feat.detach()
         if self.r_bn > 0:
             mean_t, var_t = self.targets(classes)
-            bn = bn_matching_loss(self.inputs, mean_t, var_t, self.layers, self.first)
+            bn = bn_matching_loss(self.inputs, mean_t, var_t, self.layers, self.first, self.bn_reduction)
             loss = loss + self.r_bn * bn
             parts["bn"] = bn.detach()
         if self.r_ce > 0:

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     Raises:
         UserError: as :func:`wmdd.options.config.parse_with_config` and :func:`resolve_args`.
     """
-    args = parse_with_config(build_parser(), argv, "recover", variant="method")
+    args = parse_with_config(build_parser(), argv, "recover", variant="method", refuse_unmatched=True)
     resolve_args(args)
     return args
 

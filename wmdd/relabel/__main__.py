@@ -20,13 +20,21 @@ import torch.nn as nn
 from wmdd.data.folders import distilled_images_dir, image_folder
 from wmdd.errors import UserError
 from wmdd.io.files import sha256_files
-from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, verify_upstream, write_manifest
 from wmdd.models.teacher import check_classes, load_teacher
 from wmdd.options.bounds import COUNT, FRACTION, POSITIVE
 from wmdd.options.config import parse_with_config, save_resolved_config, stage_parser
 from wmdd.options.parsing import progress, run_main
 from wmdd.recover.multiformation import refuse_tiled
-from wmdd.relabel.soft_labels import SOFT_LABELS, build_meta, epoch_path, label_bytes_per_view, write_epoch, write_meta
+from wmdd.relabel.soft_labels import (
+    SOFT_LABELS,
+    build_meta,
+    epoch_damage,
+    epoch_path,
+    label_bytes_per_view,
+    write_epoch,
+    write_meta,
+)
 from wmdd.relabel.views import MIX_TYPES, DrawnEpochs, PlannedBatches, ViewSettings, image_sizes, planned_loader
 from wmdd.runtime.distributed import setup
 
@@ -91,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    verify_upstream(args.images)
     refuse_tiled(args.images, "relabel")
     out = Path(args.output_dir)
     ctx = setup(args.device)
@@ -116,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = [images_dir / r for r in rel]
     sizes = image_sizes(paths)
-    todo = [e for e in ctx.shard(args.epochs) if not epoch_path(out, e).exists()]
+    todo = []
+    for e in ctx.shard(args.epochs):
+        damage = epoch_damage(out, e, len(rel))
+        if damage not in (None, "missing"):
+            log.warning("%s; redoing epoch %d", damage, e)
+        if damage is not None:
+            todo.append(e)
     log.info("%d images, %d classes, %d epochs (%d to do on this rank), batch %d, %d px, top-%d, %s",
              len(rel), len(classes), args.epochs, len(todo), args.batch_size, args.input_size, k, args.mix_type)
     dataset = PlannedBatches(paths, DrawnEpochs(sizes, settings, args.seed), teacher.spec, settings)

@@ -165,6 +165,24 @@ def write_epoch(out: str | Path, epoch: int, plan: EpochPlan, logits: Iterable[t
     return path
 
 
+def epoch_damage(out: str | Path, epoch: int, num_views: int) -> str | None:
+    """Why the epoch file of ``epoch`` in ``out`` cannot be used, or ``None`` when it holds a
+    readable record (:func:`epoch_record`) of ``num_views`` views. A missing file is
+    ``"missing"``: resuming relabel redoes an epoch unless this is ``None``."""
+    path = epoch_path(out, epoch)
+    if not path.is_file():
+        return "missing"
+    try:
+        record = torch_load(path, "soft-label file")
+        plan = EpochPlan.from_tensors(record)
+        rows = record["values"].shape[0]
+    except (UserError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        return str(exc) if isinstance(exc, UserError) else f"{path}: not a soft-label record ({exc!r})"
+    if len(plan.order) != num_views or rows != num_views:
+        return f"{path}: {rows} views recorded, {num_views} expected"
+    return None
+
+
 def dense_logits(values: torch.Tensor, indices: torch.Tensor | None, num_classes: int) -> torch.Tensor:
     """Stored top-k logits -> ``[B, num_classes]`` float32 with every other class at ``-inf``.
 

@@ -28,7 +28,15 @@ import torch
 from wmdd.data.datasets import DatasetSpec
 from wmdd.errors import UserError
 from wmdd.io.files import sha256_file
-from wmdd.io.manifest import MANIFEST, finished_with_same_args, read_manifest, write_manifest
+from wmdd.io.manifest import (
+    MANIFEST,
+    RUN_ARGS,
+    finished_with_same_args,
+    read_manifest,
+    record_run_args,
+    write_manifest,
+    write_set_record,
+)
 from wmdd.options.parsing import StageParser, run_main
 from wmdd.recover.images import save_class_images, write_grid, write_sample_weights
 from wmdd.recover.multiformation import recorded_factor
@@ -48,13 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 def decode_set(images_dir: Path, out: Path) -> dict:
     """Decode the set in ``images_dir`` into ``out`` and return its manifest.
 
-    A previous partial output in ``out`` (a killed run) is replaced.
+    A previous partial output of the same decode in ``out`` (a killed run, recognised by
+    its recorded arguments) is replaced; anything else already in ``out/images`` is refused.
 
     Raises:
         UserError: ``images_dir`` is not an image folder, not a multi-formation set
             (factor 1), its recover manifest is missing or its files changed, its
-            classes hold different numbers of images, or ``out`` is inside the
-            recover run's directory.
+            classes hold different numbers of images, ``out`` is inside the
+            recover run's directory, ``out/images`` exists but was not written by an
+            unfinished decode of this set, or ``out`` holds an unfinished decode of another set.
     """
     images = load_image_set(images_dir)
     factor = recorded_factor(images_dir)
@@ -67,11 +77,15 @@ def decode_set(images_dir: Path, out: Path) -> dict:
                         f"(e.g. {source.parent / 'decoded'})")
     recover = read_manifest(images_dir.parent, "recover")
     spec = DatasetSpec.from_dict(recover["dataset"])
-    shutil.rmtree(out / "images", ignore_errors=True)
     counts = torch.bincount(images.labels, minlength=len(images.classes))
     if len(set(counts.tolist())) != 1:
         raise UserError(f"{images_dir}: classes hold different numbers of images ({counts.tolist()}); "
                         "decode a set written by one recover run")
+    if (out / "images").exists() and not (out / RUN_ARGS).is_file():
+        raise UserError(f"--output-dir {out}: {out / 'images'} already exists and was not written by wmdd decode; "
+                        "pass a new or empty directory (nothing there was changed)")
+    record_run_args(out, "decode", run_args(images_dir))
+    shutil.rmtree(out / "images", ignore_errors=True)
     weights_csv = images_dir.parent / "sample_weights.csv"
     weights = load_sample_weights(weights_csv, images) if weights_csv.is_file() else torch.ones(len(images.paths))
     tiles = factor ** 2
@@ -81,6 +95,7 @@ def decode_set(images_dir: Path, out: Path) -> dict:
     per_class = int(counts[0]) * tiles
     write_sample_weights(out / "sample_weights.csv", images.classes,
                          weights.repeat_interleave(tiles).view(len(images.classes), per_class))
+    write_set_record(out / "images", stage="decode", factor=1, input_size=recover["input_size"])
     write_grid(out / "images", images.classes, out / "grid.png")
     return write_manifest(out, stage="decode", args=run_args(images_dir),
                           outputs=OUTPUTS, dataset=recover["dataset"], classes=images.classes,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from wmdd.errors import UserError
+from wmdd.io.results_table import read_results_table
 from wmdd.options.parsing import StageParser, run_main
 
 RUN = re.compile(r"^(?P<variant>.+)-ipc(?P<ipc>\d+)-s(?P<seed>\d+)$")
@@ -52,17 +53,13 @@ def from_results_csv(csv: Path) -> pd.DataFrame:
     """The rows of run.sh's ``results.csv`` as :func:`collect` rows, with a ``dataset`` column.
 
     Raises:
-        UserError: the file is missing or lacks the needed columns.
+        UserError: the file is missing, unreadable, or lacks the needed columns or finished
+            rows (:func:`wmdd.io.results_table.read_results_table`).
     """
-    if not csv.is_file():
-        raise UserError(f"{csv}: results file not found; run ./run.sh or benchmarks/distill.sh first")
-    table = pd.read_csv(csv)
     needed = ["dataset", "variant", "ipc", "seed", "protocol", "top1", "epochs"]
-    missing = [c for c in needed if c not in table.columns]
-    if table.empty or missing:
-        raise UserError(f"{csv}: needs rows with columns {needed} (missing: {missing}); pass run.sh's results.csv")
-    runs = table[needed].dropna(subset=["ipc", "seed", "top1"])
-    return runs.astype({"ipc": int, "seed": int, "epochs": int, "top1": float})
+    table = read_results_table(csv, needed, ["ipc", "seed", "top1", "epochs"],
+                               "pass the results.csv of wmdd run or benchmarks/distill.sh")
+    return table[needed].astype({"ipc": int, "seed": int, "epochs": int, "top1": float})
 
 
 def _keys(runs: pd.DataFrame) -> list[str]:

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from wmdd.errors import UserError  # noqa: E402
+from wmdd.io.results_table import read_results_table  # noqa: E402
 from wmdd.options.parsing import StageParser, run_main  # noqa: E402
 from wmdd.tools.fair_scores import BASELINE, paired_differences  # noqa: E402
 
@@ -76,15 +76,11 @@ def load(csv: Path) -> pd.DataFrame:
     """The rows of ``csv`` that have an IPC and a top-1.
 
     Raises:
-        UserError: the CSV is missing, empty or lacks the needed columns.
+        UserError: the CSV is missing, unreadable, or lacks the needed columns or finished
+            rows (:func:`wmdd.io.results_table.read_results_table`).
     """
-    if not csv.is_file():
-        raise UserError(f"{csv}: results file not found; run ./run.sh first")
-    table = pd.read_csv(csv)
-    needed = {"dataset", "variant", "ipc", "top1"}
-    if table.empty or not needed <= set(table.columns):
-        raise UserError(f"{csv}: needs rows with columns {sorted(needed)}")
-    return table.dropna(subset=["ipc", "top1"])
+    return read_results_table(csv, ["dataset", "variant", "ipc", "top1"], ["ipc", "top1"],
+                              "pass the results.csv of wmdd run")
 
 
 def plot(csv: Path, out: Path) -> list[Path]:

@@ -27,13 +27,13 @@ import torch
 
 from wmdd.data.loaders import eval_loader
 from wmdd.io.files import atomic_write_json
-from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, write_manifest
+from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, verify_upstream, write_manifest
 from wmdd.models import create_model, parse_model_kwargs
 from wmdd.options.config import save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.relabel.soft_labels import meta_path
 from wmdd.runtime.distributed import setup
-from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate
+from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_optimizer, evaluate, load_resume_state
 from wmdd.train.student import StudentRun, parse_args, resolve_factor, train_epoch
 
 log = logging.getLogger("wmdd.train")
@@ -42,6 +42,8 @@ RESUME_IGNORES = ("workers", "device", "config")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.images:
+        verify_upstream(args.images)
     resolve_factor(args)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                 momentum=args.momentum)
     scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
     if ctx.is_main:
+        load_resume_state(out / "last.pt", run_args, ignore=RESUME_IGNORES)  # refused before anything is written
         out.mkdir(parents=True, exist_ok=True)
         record_run_args(out, "train", run_args)
         save_resolved_config(args, out / "config.yaml")

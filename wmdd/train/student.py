@@ -19,7 +19,7 @@ from wmdd.data.transforms import eval_transform
 from wmdd.errors import UserError
 from wmdd.models import model_names
 from wmdd.models.teacher import Teacher, load_teacher
-from wmdd.options.bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
+from wmdd.options.bounds import COUNT, FRACTION, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY, TEMPERATURE
 from wmdd.options.config import add_classes_option, parse_with_config, stage_parser
 from wmdd.recover.dsa import DSAParams
 from wmdd.recover.multiformation import recorded_factor
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=COUNT, default=300)
     p.add_argument("--batch-size", type=COUNT, default=100)
-    p.add_argument("-T", "--temperature", type=POSITIVE, help="KD temperature (--protocol fkd) [20]")
+    p.add_argument("-T", "--temperature", type=TEMPERATURE, help="KD temperature (--protocol fkd) [20]")
     p.add_argument("--kd-weight", type=NON_NEGATIVE,
                    help="weight of distillation added to pseudo-label CE (--protocol fkd) [1]")
     p.add_argument("--opt", default="adamw", choices=["adamw", "sgd"])

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT
-from wmdd.recover.losses import RecoverObjective
+from wmdd.recover.losses import BN_REDUCTIONS, RecoverObjective
 from wmdd.recover.methods.multiformation import MultiFormation, factor
 from wmdd.recover.methods.registry import Objective, Resources, register_method
 from wmdd.recover.multiformation import decode
@@ -92,17 +92,31 @@ class BarycenterMethod(MultiFormation):
                             f"--factor {cls.defaults.get('factor') or 1}); add --factor 1 or drop --weight-wb")
 
 
-#: WMDD as published (Liu et al., ICCV 2025, and its official run.sh): noise init, Adam lr
-#: 0.25 with cosine decay, 2,000 iterations, one decoded image per stored image.
-PAPER_DEFAULTS = {"lr": 0.25, "iterations": 2000, "init": "noise", "r_bn": 0.01, "r_ce": 0.0, "wb": True,
-                  "per_class_bn": True, "first_bn_multiplier": 10.0, "random_crop": True, "flip": True,
-                  "min_scale": 0.08, "max_scale": 1.0, **BarycenterMethod.defaults}
+#: WMDD as published (Liu et al., ICCV 2025, and its official run.sh with the per-class script
+#: ``recover/data_synthesis_new.py`` it runs): noise init, Adam lr 0.25 with cosine decay, 2,000
+#: iterations, one decoded image per stored image; the BN term averaged over the classes of a
+#: batch, first BN layer weight 1, and cross-entropy weight 1 (run.sh's ``R_WB=1`` multiplies the
+#: CE term in that script). ``r_bn`` 0.01 is run.sh's fallback, with the same meaning as there.
+PAPER_DEFAULTS = {"lr": 0.25, "iterations": 2000, "init": "noise", "r_bn": 0.01, "r_ce": 1.0, "wb": True,
+                  "per_class_bn": True, "first_bn_multiplier": 1.0, "bn_reduction": "mean", "random_crop": True,
+                  "flip": True, "min_scale": 0.08, "max_scale": 1.0, **BarycenterMethod.defaults}
+
+
+def objective_from_args(args: argparse.Namespace, model: torch.nn.Module, bn_stats: dict | None,
+                        device: torch.device) -> RecoverObjective:
+    """The recover objective (WMDD Eq. 7) of the resolved options of ``wmdd``, ``wmdd-paper`` or
+    ``sre2l`` (``--wb``, ``--per-class-bn``, ``--r-bn``, ``--bn-reduction``, ``--r-ce``,
+    ``--first-bn-multiplier``) for the teacher ``model`` and its BN statistics."""
+    return RecoverObjective(model, bn_stats, per_class_bn=args.per_class_bn, use_wb=args.wb, r_bn=args.r_bn,
+                            r_ce=args.r_ce, first_bn_multiplier=args.first_bn_multiplier, device=device,
+                            bn_reduction=args.bn_reduction)
 
 
 @register_method
 class WMDD(BarycenterMethod):
     """``--method wmdd``: WMDD Eq. 7 with barycenter feature matching (Eq. 5) + per-class BN
-    statistics (Eq. 6), no CE (the paper's best row, Table III), in the toolkit's recipe:
+    statistics (Eq. 6), no CE (the paper's best row, Table III), the BN term summed over the
+    classes of a batch with the first BN layer weighing 10 (SRe2L's code), in the toolkit's recipe:
     multi-formation factor 2 (``IPC * 4`` barycenter support points, each stored image
     holds 4 tiles), started from the barycenter medoids (``--init medoid``), Adam lr 0.05, 200 iterations. On
     CIFAR-10 IPC 10 under FKD soft labels this recipe beats random real images and
@@ -113,18 +127,24 @@ class WMDD(BarycenterMethod):
     name = "wmdd"
     summary = ("WMDD's loss (barycenter feature matching + per-class BN, Eq. 5-7) from the barycenter medoids, "
                "multi-formation factor 2, lr 0.05, 200 iterations")
-    defaults = {**PAPER_DEFAULTS, "lr": 0.05, "iterations": 200, "init": "medoid", "factor": 2}
+    defaults = {**PAPER_DEFAULTS, "lr": 0.05, "iterations": 200, "init": "medoid", "factor": 2, "r_ce": 0.0,
+                "first_bn_multiplier": 10.0, "bn_reduction": "sum"}
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--r-bn", type=NON_NEGATIVE, help="weight of the BN term (lambda, WMDD Eq. 7) [0.01]")
-        group.add_argument("--r-ce", type=NON_NEGATIVE, help="weight of the teacher's cross-entropy [wmdd 0, sre2l 1]")
+        group.add_argument("--bn-reduction", choices=BN_REDUCTIONS,
+                           help="the BN term over the classes of a batch: sum, or mean as in the authors' per-class "
+                                "script (where the paper's lambda values apply) [wmdd sum, wmdd-paper mean]")
+        group.add_argument("--r-ce", type=NON_NEGATIVE,
+                           help="weight of the teacher's cross-entropy (the authors' run.sh R_WB) "
+                                "[wmdd 0, wmdd-paper 1, sre2l 1]")
         group.add_argument("--wb", action=argparse.BooleanOptionalAction,
                            help="barycenter feature-matching term (WMDD Eq. 5) [wmdd on, sre2l off]")
         group.add_argument("--per-class-bn", action=argparse.BooleanOptionalAction,
                            help="per-class (WMDD Eq. 6) instead of global (SRe2L) BN statistics "
                                 "[wmdd on, sre2l off]")
-        group.add_argument("--first-bn-multiplier", type=NON_NEGATIVE, help="extra weight of the first BN layer [10]")
+        group.add_argument("--first-bn-multiplier", type=NON_NEGATIVE, help="extra weight of the first BN layer [wmdd 10, wmdd-paper 1, sre2l 10]")
         group.add_argument("--jitter", type=NON_NEGATIVE_INT, help="random roll in pixels [input size * 32/224]")
         group.add_argument("--random-crop", action=argparse.BooleanOptionalAction,
                            help="random-resized crop of the batch each iteration [on; SRe2L's CIFAR recipe: off]")
@@ -155,9 +175,7 @@ class WMDD(BarycenterMethod):
         args, teacher = resources.args, resources.teacher
         self.view = ViewConfig(min_scale=args.min_scale, max_scale=args.max_scale, random_crop=args.random_crop,
                                flip=args.flip, jitter=self.jitter(args, resources.input_size))
-        self.objective = RecoverObjective(teacher.model, teacher.bn_stats, per_class_bn=args.per_class_bn,
-                                          use_wb=args.wb, r_bn=args.r_bn, r_ce=args.r_ce,
-                                          first_bn_multiplier=args.first_bn_multiplier, device=resources.device)
+        self.objective = objective_from_args(args, teacher.model, teacher.bn_stats, resources.device)
         self.objective.__enter__()
         bary = resources.barycenters
         self.support = bary["support"] if bary is not None and args.wb else None
@@ -194,13 +212,14 @@ class WMDD(BarycenterMethod):
 
 @register_method
 class WMDDPaper(WMDD):
-    """``--method wmdd-paper``: WMDD exactly as published (WMDD Eq. 5-7, :data:`PAPER_DEFAULTS`:
-    noise init, lr 0.25, 2,000 iterations, no multi-formation); every WMDD option applies.
-    ``r_bn`` 0.01 is the official run.sh fallback; the paper's lambda is 10 (Imagenette)
-    and 500 (Tiny-ImageNet, ImageNet-1k), given with ``--r-bn``.
-    Its images are bit-identical to those of ``--method wmdd`` before the toolkit's
-    recipe became that method's default."""
+    """``--method wmdd-paper``: the authors' published run (WMDD Eq. 5-7 as their per-class
+    script computes it, :data:`PAPER_DEFAULTS`: noise init, lr 0.25, 2,000 iterations, no
+    multi-formation, BN term averaged over the classes of a batch, first BN layer weight 1, CE
+    weight 1); every WMDD option applies. ``r_bn`` 0.01 is the official run.sh fallback; the
+    paper's lambda is 10 (Imagenette) and 500 (Tiny-ImageNet, ImageNet-1k), given with
+    ``--r-bn`` (run.sh's ``-b``) with the same meaning as in the authors' code."""
 
     name = "wmdd-paper"
-    summary = "WMDD as published (WMDD Eq. 5-7): noise init, lr 0.25, 2,000 iterations, no multi-formation"
+    summary = ("the authors' WMDD run (WMDD Eq. 5-7, BN term averaged over classes, CE weight 1): noise init, "
+               "lr 0.25, 2,000 iterations, no multi-formation")
     defaults = PAPER_DEFAULTS
