@@ -116,6 +116,26 @@ def _unreadable_results(tmp: Path) -> Path:
     return path
 
 
+def _teacher_with_manifest(teacher: Path, tmp: Path, manifest: str) -> Path:
+    copy = tmp / "teacher"
+    shutil.copytree(teacher, copy)
+    (copy / "manifest.json").write_text(manifest)
+    return copy
+
+
+def _replaced_teacher(teacher: Path, tmp: Path) -> Path:
+    """A copy of the pretrain directory whose teacher.pt was replaced by another valid teacher
+    (the same weights with another recorded validation score) after the run finished."""
+    import torch
+
+    copy = tmp / "teacher"
+    shutil.copytree(teacher, copy)
+    ckpt = torch.load(copy / "teacher.pt", map_location="cpu", weights_only=True)
+    ckpt["val"] = {"top1": 99.0}
+    torch.save(ckpt, copy / "teacher.pt")
+    return copy
+
+
 def _csv(tmp: Path, text: str) -> Path:
     path = tmp / "scores.csv"
     path.write_text(text)
@@ -155,6 +175,14 @@ CASES = [
      + ["--workers", "-1"], "argument --workers: '-1' is out of range: expected an integer >= 0"),
     ("negative input size", "pretrain", lambda c, t: ["--data-path", c["data"], "--output-dir", c["out"],
                                                       "--input-size", "-8"], "argument --input-size: '-8'"),
+    ("recover factor that does not divide the side", "recover",
+     lambda c, t: ["--dataset", "cifar10", "--data-path", c["data"], "--output-dir", c["out"], "--method",
+                   "random-real", "--factor", "3", "--ipc", "1", "--workers", "0"],
+     "--factor 3: the image side 32 px is not divisible by it"),
+    ("recover ipc beyond the class's real images", "recover",
+     lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6] + ["--method", "wmdd", "--ipc", "6"],
+     ("--ipc 6: --method wmdd --init medoid starts each class from 24 real images (4 per stored image: "
+      "multi-formation tiles), but class 'airplane' has 20 train images; pass --ipc 5 or fewer")),
     ("input size 0", "recover", lambda c, t: ["--dataset", "cifar10", "--data-path", c["data"], "--output-dir",
                                               c["out"], "--method", "random-real", "--input-size", "0"],
      "argument --input-size: '0' is out of range: expected an integer >= 1"),
@@ -176,6 +204,10 @@ CASES = [
      lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6] + ["--method", "wmdd-paper", "--config",
                                                                           _yaml(t, "recover:\n  dm: {lr: 2.0}\n")],
      "preset.yaml: the recover section holds settings only for --method dm, none apply to --method wmdd-paper"),
+    ("yaml option of another method", "recover",
+     lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])[:-6] + ["--method", "wmdd", "--config",
+                                                                          _yaml(t, "recover:\n  batch_real: 8\n")],
+     "preset.yaml: recover setting 'batch_real' is an option of --method dance, ddm, dm, not of --method wmdd"),
     ("yaml negative weight", "recover", lambda c, t: _recover_args(c["teacher"], c["data"], c["out"])
      + ["--config", _yaml(t, "recover:\n  r_bn: -1\n")], "setting 'r_bn': -1 is out of range"),
     ("yaml unknown choice", "train", lambda c, t: _train_args(c["teacher"], c["images"], c["soft"], c["data"],
@@ -197,6 +229,15 @@ CASES = [
     ("relabel given the recover directory", "relabel",
      lambda c, t: _relabel_args(c["teacher"], c["images"].parent, c["out"]),
      "is a recover output directory, not an image folder; pass"),
+    ("teacher replaced after pretrain", "recover",
+     lambda c, t: _recover_args(_replaced_teacher(c["teacher"], t), c["data"], c["out"]),
+     "teacher.pt: changed since"),
+    ("teacher manifest of the wrong shape", "recover",
+     lambda c, t: _recover_args(_teacher_with_manifest(c["teacher"], t, "[]"), c["data"], c["out"]),
+     "manifest.json: holds a JSON list, not a manifest (an object)"),
+    ("empty teacher manifest", "relabel",
+     lambda c, t: _relabel_args(_teacher_with_manifest(c["teacher"], t, "{}"), c["images"], c["out"]),
+     "manifest.json: has no 'stage', so it is not a manifest this toolkit wrote"),
     ("malformed results file", "wmdd.tools.summarize_run",
      lambda c, t: ["append", "--experiment-dir", c["out"], "--experiment", "x", "--results-csv",
                    _unreadable_results(t)], "results.csv: not a readable results file"),
@@ -314,7 +355,7 @@ def test_a_multi_formation_set_keeps_its_factor_without_its_manifest(cifar_root,
                            "--output-dir", out, "--epochs", "1", "--workers", "0"], capsys)[0] == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["num_images"], results["training_images"]) == (10, 40)
-    for text, expect in (("{}\n", "a None manifest next to"), ("[1, 2]\n", "holds a JSON list, not a manifest")):
+    for text, expect in (("{}\n", "manifest.json: has no 'stage', so it is not a manifest this toolkit wrote"), ("[1, 2]\n", "holds a JSON list, not a manifest")):
         (rec / "manifest.json").write_text(text)
         code, err = _call("train", ["--protocol", "dsa", "--images", rec / "images", "--dataset", "cifar10",
                                     "--data-path", cifar_root, "--output-dir", tmp_path / "t2", "--epochs", "1"],
@@ -408,7 +449,7 @@ def _fault(kind: str):
     return fail
 
 
-@pytest.mark.parametrize("stage", ["recover", "relabel", "train"])
+@pytest.mark.parametrize("stage", ["pretrain", "recover", "relabel", "train"])
 @pytest.mark.parametrize("kind,code,expect", [
     ("disk full", 2, "the disk is full (No space left on device); fix that, then rerun the same command"),
     ("read-only", 2, "the file system is read-only (Read-only file system); fix that, then rerun"),
@@ -426,7 +467,10 @@ def test_faults_end_in_one_line_and_a_rerun_finishes(stage, kind, code, expect, 
     if kind == "torch.save on a full disk" and stage == "recover":
         pytest.skip("random-real recover saves no torch file")
     out = tmp_path / stage
-    argv = {"recover": _recover_args(tiny_teacher, cifar_root, out),
+    argv = {"pretrain": ["--dataset", "cifar10", "--data-path", cifar_root, "--model", "convnet", "--model-kwargs",
+                         "width=8", "--epochs", "1", "--train-per-class", "2", "--val-per-class", "1", "--workers", "0",
+                         "--output-dir", out],
+            "recover": _recover_args(tiny_teacher, cifar_root, out),
             "relabel": _relabel_args(tiny_teacher, finished["recover"] / "images", out),
             "train": _train_args(tiny_teacher, finished["recover"] / "images", finished["relabel"], cifar_root,
                                  out)}[stage]

@@ -80,6 +80,7 @@ def test_feature_cache_is_reused_and_recomputed_when_stale(wmdd_run, tiny_teache
     for p in ("manifest.json", "barycenters.pt", ".run_args.json"):
         (out / p).unlink()
     shutil.rmtree(out / "progress")
+    shutil.rmtree(out / "images")  # a folder of images with no recover run recorded beside it is refused
     proc = _recover(tiny_teacher, cifar_root, out, "--method", "wmdd-paper", "--ipc", "2", "--batch-size", "20",
                     "--iterations", "2")
     assert "using cached class features" in proc.stderr

@@ -79,6 +79,21 @@ def test_killed_during_recover_then_rerun_completes(debug_run, cifar_root):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (exp / "recover").is_dir() and not (exp / "recover" / "manifest.json").exists()
+    # Ctrl-C (SIGINT to the process group, as a terminal sends it) during the resumed recover: one
+    # line from the stage, exit status 130, no traceback
+    lock = exp / "recover" / ".lock"
+    first = lock.read_text()
+    proc = subprocess.Popen(args, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    while lock.read_text() == first and proc.poll() is None:  # until the resumed recover holds the lock
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate()[1]
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: interrupted (Ctrl-C); rerun the same command to resume where it "
+                                            "stopped") and "Traceback" not in err, err
+    assert not (exp / "recover" / "manifest.json").exists()
     (exp / "recover" / ".wall_seconds").write_text("1000\n")  # as if the killed part had run 1000 s
     run_sh("run.sh", *DEBUG[:-5], "--device", "cpu", "-n", "-w", "-i", "150", "-r", cifar_root.parent,
            "-x", "killed", "--out", out, "--batch-size", "5", "--method", "wmdd-paper")
@@ -165,6 +180,8 @@ def test_bad_flags_print_one_error_line(args, message):
      "argument --r-bn: '-1' is out of range: expected a number >= 0 (see wmdd recover"),
     (["--recover-args", "--batch-real 8"], "--batch-real is an option of --method"),
     (["--train-args", "--lr 0"], "argument --lr: '0' is out of range"),
+    (["--protocol", "dsa", "--relabel-args", "--top-k 3"],
+     "--relabel-args --top-k 3: --protocol dsa trains on hard labels without a relabel stage; drop it"),
 ])
 def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_is_written(cifar_root, tmp_path,
                                                                                           flags, message):
@@ -172,6 +189,20 @@ def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_i
                   "--device", "cpu", *flags, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs" / "teachers").exists()
+    # -g's recover starts each stored image from up to 4 real images: IPC 10 does not fit 20 per class
+    assert f"note: -g lowers IPC from 10 to 5: {cifar_root / 'train'} has 20 images in its smallest class" in proc.stdout
+
+
+def test_what_recover_needs_is_checked_before_the_teacher_is_trained(cifar_root, tmp_path):
+    """Without -g, IPC 10 of wmdd (factor 2: 40 real images per class to start from) on the
+    20-per-class data is refused before pretrain starts, with the IPC that fits."""
+    proc = run_sh("run.sh", "-p", "-d", "cifar10", "-m", "convnet", "-r", cifar_root.parent, "--out", tmp_path / "runs",
+                  "--device", "cpu", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: wmdd recover would refuse its arguments: --ipc 10: --method wmdd --init medoid starts each class from "
+        "40 real images (4 per stored image: multi-formation tiles), but class 'airplane' has 20 train images; pass "
+        "--ipc 5 or fewer")
+    assert not (tmp_path / "runs" / "teachers").exists()
 
 
 def test_pseudo_label_wrapper_with_a_csv_from_make_pseudo_labels(debug_run, cifar_root, tmp_path):

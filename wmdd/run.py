@@ -17,7 +17,6 @@ import argparse
 import importlib
 import os
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from wmdd.data.datasets import dataset_names
 from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT, NON_NEGATIVE, POSITIVE, SEED
 from wmdd.options.parsing import StageParser, run_main
+from wmdd.runtime.launch import run_module
 
 STAGES = ("pretrain", "recover", "relabel", "train")
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -184,9 +184,8 @@ class Stage:
                     (self.output_dir / ".wall_seconds").write_text(f"{before + int(time.monotonic() - start)}\n")
 
         ticker = None if finished else threading.Thread(target=tick, daemon=True)
-        if ticker:
-            ticker.start()
-        code = subprocess.call([*self.plan.launch, f"wmdd.{self.name}", *self.argv], env=self.plan.env)
+        code = run_module(f"wmdd.{self.name}", self.argv, self.plan.env, self.plan.launch,
+                          started=ticker.start if ticker else None)
         stop.set()
         seconds = before or None
         if ticker:
@@ -201,6 +200,25 @@ class Stage:
 
 def _absolute(path: str | None) -> Path | None:
     return Path(path).expanduser().resolve() if path else None
+
+
+#: Real images per class that -g's recover may start one stored image from (multi-formation
+#: factor 2, the default of ``wmdd``: 2 x 2 tiles).
+DEBUG_REAL_PER_IMAGE = 4
+
+
+def lower_debug_ipc(args: argparse.Namespace, train: Path, classes: str | None) -> None:
+    """-g: lower ``args.ipc`` so that every class of the (first 10) classes has
+    :data:`DEBUG_REAL_PER_IMAGE` x IPC train images, saying so in one line."""
+    from wmdd.data.folders import class_folders, images_per_class, resolve_classes
+
+    names = resolve_classes(classes, train) or class_folders(train)
+    fewest = min(images_per_class(train, names).values())
+    fit = max(1, fewest // DEBUG_REAL_PER_IMAGE)
+    if args.ipc > fit:
+        print(f"note: -g lowers IPC from {args.ipc} to {fit}: {train} has {fewest} images in its smallest class, and "
+              f"-g's recover starts each stored image from up to {DEBUG_REAL_PER_IMAGE} of them", flush=True)
+        args.ipc = fit
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -228,6 +246,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.debug and not classes and (data / "train").is_dir():
         folders = [d for d in (data / "train").iterdir() if d.is_dir() and not d.name.startswith(".")]
         classes = "10" if len(folders) > 10 else None
+    if args.debug and (data / "train").is_dir():
+        lower_debug_ipc(args, data / "train", classes)
     env = dict(os.environ)
     launch = [sys.executable, "-m"]
     if args.gpus:
@@ -323,9 +343,15 @@ def check_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
     """Check every stage's arguments with its own parser and that the teacher exists or is made.
 
     Raises:
-        UserError: the first stage that would refuse its arguments, or a missing teacher.
+        UserError: the first stage that would refuse its arguments, extra arguments for a stage
+            that does not run, or a missing teacher.
     """
     stages = _stage_argvs(plan, exp, pretrain)
+    for name, extra in plan.extra.items():
+        if extra and name not in stages:
+            why = (f"--protocol {plan.args.protocol} trains on hard labels without a relabel stage"
+                   if name == "relabel" else "no teacher is pretrained in this run (add -p)")
+            raise UserError(f"--{name}-args {shlex.join(extra)}: {why}; drop it")
     needs_teacher = plan.args.protocol == "fkd" or _needs_teacher(exp.method)
     if not pretrain and needs_teacher and not (plan.teacher_dir / "manifest.json").is_file():
         raise UserError(f"teacher {plan.teacher_dir} not found; add -p to pretrain it")
@@ -347,8 +373,8 @@ def run_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
         if factor != 1:
             # relabel and FKD training cut their views from whole images: decode the tiles first
             print(f"==> decode (multi-formation factor {factor})", flush=True)
-            code = subprocess.call([sys.executable, "-m", "wmdd.tools.decode_images", "--images", str(images),
-                                    "--output-dir", str(exp_dir / "decoded")], env=plan.env)
+            code = run_module("wmdd.tools.decode_images", ["--images", str(images), "--output-dir",
+                                                           str(exp_dir / "decoded")], plan.env)
             if code != 0:
                 sys.exit(code)
             images = exp_dir / "decoded" / "images"
@@ -365,10 +391,10 @@ def run_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
 def summarize(plan: Plan, name: str, exp_dir: Path, seconds: dict[str, int]) -> None:
     """Print the run's summary and append its row to ``<out>/results.csv`` (a results file that
     cannot take the row is a warning: the experiment itself has finished)."""
-    code = subprocess.call([sys.executable, "-m", "wmdd.tools.summarize_run", "append", "--experiment-dir",
-                            str(exp_dir), "--teacher-dir", str(plan.teacher_dir), "--experiment", name, "--results-csv",
-                            str(plan.out / "results.csv"), "--time", *(f"{k}={v}" for k, v in seconds.items())],
-                           env=plan.env)
+    code = run_module("wmdd.tools.summarize_run", ["append", "--experiment-dir", str(exp_dir), "--teacher-dir",
+                                                   str(plan.teacher_dir), "--experiment", name, "--results-csv",
+                                                   str(plan.out / "results.csv"), "--time",
+                                                   *(f"{k}={v}" for k, v in seconds.items())], plan.env)
     if code != 0:
         print(f"warning: {name} finished ({exp_dir / 'train' / 'results.json'}) but its row was not added to "
               f"{plan.out / 'results.csv'}", file=sys.stderr)
@@ -394,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         names = [e.name for e in DEMO]
         for baseline in names[1:]:
-            code = subprocess.call([sys.executable, "-m", "wmdd.tools.summarize_run", "table", "--results-csv",
-                                    str(plan.out / "results.csv"), "--baseline", baseline, *names], env=plan.env)
+            code = run_module("wmdd.tools.summarize_run", ["table", "--results-csv", str(plan.out / "results.csv"),
+                                                           "--baseline", baseline, *names], plan.env)
             if code != 0:
                 print("warning: no fair-score table (see the error above); the runs are complete", file=sys.stderr)
             print(flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT
 from wmdd.options.parsing import StageParser, run_main
 from wmdd.run import _gpu_list, check_stage_args
+from wmdd.runtime.launch import run_module
 
 #: Per dataset: (epochs, batch size, lr, weight decay) of SGD with cosine decay on real data.
 RECIPES = {"cifar10": (200, 128, 0.1, 5e-4), "cifar100": (200, 128, 0.1, 5e-4), "tiny-imagenet": (100, 128, 0.1, 5e-4),
@@ -67,19 +67,19 @@ def main(argv: list[str] | None = None) -> int:
              "--batch-size", str(batch), "--opt", "sgd", "--lr", str(lr), "--wd", str(wd), "--device", args.device,
              "--output-dir", str(exp_dir / "train"), *extra]
     check_stage_args("train", train)
-    env, launch = None, [sys.executable, "-m"]
+    env, launch = dict(os.environ), [sys.executable, "-m"]
     if args.gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(args.gpus)}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(args.gpus)
         if len(args.gpus) > 1:
             launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                       f"--nproc_per_node={len(args.gpus)}", "-m"]
     start = time.monotonic()
-    code = subprocess.call([*launch, "wmdd.train", *train], env=env)
+    code = run_module("wmdd.train", train, env, launch)
     if code != 0:
         return code
-    return subprocess.call([sys.executable, "-m", "wmdd.tools.summarize_run", "append", "--experiment-dir",
-                            str(exp_dir), "--experiment", args.exp, "--results-csv", str(out / "results.csv"),
-                            "--time", f"train={int(time.monotonic() - start)}"])
+    return run_module("wmdd.tools.summarize_run", ["append", "--experiment-dir", str(exp_dir), "--experiment", args.exp,
+                                                   "--results-csv", str(out / "results.csv"), "--time",
+                                                   f"train={int(time.monotonic() - start)}"], env)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,14 @@ def is_image_file(path: str, split_root: str) -> bool:
             and not any(map(is_hidden, path[len(split_root):].split(os.sep))))
 
 
+def images_per_class(directory: str | Path, classes: list[str]) -> dict[str, int]:
+    """The number of image files (:func:`is_image_file`) under ``directory/<class>/`` for each
+    of ``classes`` (0 for a missing folder), found without opening any image."""
+    directory = Path(directory)
+    return {c: sum(1 for p in (directory / c).rglob("*") if is_image_file(str(p), str(directory)) and p.is_file())
+            for c in classes}
+
+
 def list_classes(directory: str | Path, subset: list[str] | None = None) -> list[str]:
     """Sorted class folder names in ``directory`` (hidden folders skipped), or ``subset``
     (``--classes``) after checking that each of its folders is there.

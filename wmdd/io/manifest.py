@@ -128,6 +128,9 @@ def read_manifest(stage_dir: str | Path, stage: str) -> dict:
         raise UserError(f"{stage_dir}: no {MANIFEST}, so the {stage} stage did not finish there; "
                         f"run (or re-run) `python -m {stage}` with --output-dir {stage_dir}")
     manifest = _json_object(path, "manifest")
+    if "stage" not in manifest:
+        raise UserError(f"{path}: has no 'stage', so it is not a manifest this toolkit wrote; restore it, or run "
+                        f"the {stage} stage again with --output-dir {stage_dir}")
     if manifest.get("stage") != stage:
         raise UserError(f"{path}: is a {manifest.get('stage')!r} manifest, expected {stage!r}; "
                         f"pass the {stage} stage's output directory")
@@ -193,7 +196,7 @@ def verify_upstream(images_dir: str | Path) -> None:
     path = images_dir.parent / MANIFEST
     if not path.is_file():
         return
-    stage = _json_object(path, "manifest").get("stage")
+    stage = _json_object(path, "manifest").get("stage", "recover")
     if stage not in ("recover", "decode"):
         raise UserError(f"{path}: a {stage!r} manifest next to {images_dir}, not one of recover or decode; pass the "
                         "images folder of a recover or decode output")

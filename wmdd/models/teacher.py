@@ -21,6 +21,7 @@ import torch.nn as nn
 from wmdd.data.datasets import DatasetSpec
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_torch_save, sha256_file, torch_load
+from wmdd.io.manifest import MANIFEST, read_manifest
 from wmdd.models.registry import create_model
 
 FORMAT = "wmdd-teacher"
@@ -133,12 +134,19 @@ def teacher_sha256(path: str | Path) -> str:
 def load_teacher(path: str | Path, device: torch.device | str = "cpu", require_bn_stats: bool = False) -> Teacher:
     """Load a teacher written by :func:`save_teacher` (``path`` = file or pretrain output dir).
 
+    A teacher inside a pretrain output directory is checked against that directory's
+    ``manifest.json`` first (:func:`wmdd.io.manifest.read_manifest`): a ``teacher.pt`` replaced
+    after the run finished, or a damaged manifest, is refused rather than used.
+
     Raises:
-        UserError: missing or corrupt file, a file that is not a WMDD teacher,
-            weights that do not fit the recorded architecture, or (with
-            ``require_bn_stats``) a teacher without per-class BN statistics.
+        UserError: missing or corrupt file, a file that differs from its pretrain manifest (or a
+            manifest that is not a pretrain one), a file that is not a WMDD teacher, weights that
+            do not fit the recorded architecture, or (with ``require_bn_stats``) a teacher without
+            per-class BN statistics.
     """
     file = teacher_file(path)
+    if (file.parent / MANIFEST).is_file():
+        read_manifest(file.parent, "pretrain")
     ckpt = torch_load(file, "teacher checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{file}: not a WMDD teacher checkpoint; make one with `python -m wmdd.pretrain` "

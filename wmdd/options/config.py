@@ -124,7 +124,8 @@ def _choices(parser: argparse.ArgumentParser, dest: str | None) -> list[str]:
 
 
 def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str,
-                    variant: str | None = None, chosen: str | None = None, refuse_unmatched: bool = False) -> dict:
+                    variant: str | None = None, chosen: str | None = None, refuse_unmatched: bool = False,
+                    owners: dict[str, list[str]] | None = None) -> dict:
     """The settings for ``stage`` in the YAML file ``path``, checked against ``parser``.
 
     Args:
@@ -136,6 +137,9 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
             values than ``chosen`` (recover: a ``dm:`` sub-section alone under ``--method
             wmdd``, a likely mistake); train's presets hold an ``fkd:`` sub-section alone on
             purpose (the DSA protocols keep their own settings).
+        owners: option ``dest`` -> the ``variant`` values that accept it (options missing
+            from it apply to every value): a plain setting that ``chosen`` does not accept is
+            refused by its YAML key (not blamed on a command-line flag).
 
     Returns:
         ``{dest: value}`` ready for ``parser.set_defaults``.
@@ -170,8 +174,13 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
             items[key] = checked_value(actions[dest], value, f"{path}: {where} setting {key!r}")
     if chosen is not None:
         own = str(chosen).replace("-", "_")
+        flag = next((a.option_strings[-1] for a in parser._actions if a.dest == variant), variant)
+        for key in settings:
+            users = (owners or {}).get(str(key).replace("-", "_"))
+            if users and str(chosen) not in users:
+                raise UserError(f"{path}: {stage} setting {key!r} is an option of {flag} {', '.join(users)}, not of "
+                                f"{flag} {chosen}; move it into a sub-section of one of those, or drop it")
         if refuse_unmatched and sections and not settings and own not in sections:
-            flag = next(a.option_strings[-1] for a in parser._actions if a.dest == variant)
             raise UserError(f"{path}: the {stage} section holds settings only for {flag} "
                             f"{', '.join(sections)}, none apply to {flag} {chosen}; add a {chosen!r} sub-section "
                             f"or pick one of those")
@@ -181,7 +190,8 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, stage: str,
                       variant: str | None = None, variant_defaults: dict[str, dict] | None = None,
-                      refuse_unmatched: bool = False) -> argparse.Namespace:
+                      refuse_unmatched: bool = False, owners: dict[str, list[str]] | None = None
+                      ) -> argparse.Namespace:
     """Parse ``argv`` with defaults overridden by ``--config FILE.yaml`` when given.
 
     The parser must define ``--config``. Precedence: command line > the YAML
@@ -190,8 +200,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     parser's defaults.
 
     Raises:
-        UserError: the YAML names a setting the parser does not know, or (with
-            ``refuse_unmatched``) holds settings only for other variants (:func:`config_defaults`).
+        UserError: the YAML names a setting the parser does not know or one that the chosen
+            variant does not accept (``owners``), or (with ``refuse_unmatched``) holds settings
+            only for other variants (:func:`config_defaults`).
     """
     pre, _ = parser.parse_known_args(argv)
     path = getattr(pre, "config", None)
@@ -200,7 +211,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, s
     chosen = getattr(parser.parse_known_args(argv)[0], variant) if variant else None
     parser.set_defaults(**(variant_defaults or {}).get(chosen, {}))
     if path:
-        parser.set_defaults(**config_defaults(parser, path, stage, variant, chosen, refuse_unmatched))
+        parser.set_defaults(**config_defaults(parser, path, stage, variant, chosen, refuse_unmatched, owners))
     return parser.parse_args(argv)
 
 

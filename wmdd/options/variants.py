@@ -66,6 +66,11 @@ class VariantRegistry:
         """Names of the variants that own option ``dest`` (empty: every variant accepts it)."""
         return [name for name, v in self._variants.items() if dest in v.options]
 
+    def owner_map(self) -> dict[str, list[str]]:
+        """``{dest: owners}`` of every option some variant owns (for
+        :func:`wmdd.options.config.parse_with_config`'s ``owners``)."""
+        return {d: self.owners(d) for v in self._variants.values() for d in v.options}
+
     def refuse_foreign(self, args: argparse.Namespace, chosen: str, fix: str = "") -> None:
         """Refuse an option that is set in ``args`` but owned only by variants other than ``chosen``.
 

@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = setup(args.device)
     needs = cls.needs(args) | INITS[args.init]
     teacher, res = load_inputs(args, needs, ctx, cls.real_per_image(args))
+    cls.check_resources(res)
     if ctx.is_main:
         check_images_owned(out / "images", res.classes,
                            (out / RUN_ARGS).is_file() or marker_path(out, 0).parent.is_dir())

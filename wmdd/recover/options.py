@@ -5,13 +5,15 @@ section > the method's defaults)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from wmdd.data.datasets import dataset_names
+from wmdd.data.folders import class_folders, images_per_class, resolve_classes, split_dir
 from wmdd.errors import UserError
 from wmdd.options.bounds import COUNT, POSITIVE
 from wmdd.options.config import add_classes_option, parse_with_config, stage_parser
 from wmdd.recover.methods import add_method_arguments, get_method, method_names, resolve_method_args
-from wmdd.recover.methods.registry import INITS, RecoverMethod
+from wmdd.recover.methods.registry import INITS, RecoverMethod, own_options
 
 DESCRIPTION = "wmdd recover: synthesise IPC images per class with a registered method."
 
@@ -56,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     Raises:
         UserError: as :func:`wmdd.options.config.parse_with_config` and :func:`resolve_args`.
     """
-    args = parse_with_config(build_parser(), argv, "recover", variant="method", refuse_unmatched=True)
+    args = parse_with_config(build_parser(), argv, "recover", variant="method", refuse_unmatched=True,
+                             owners=own_options())
     resolve_args(args)
     return args
 
@@ -79,4 +82,30 @@ def resolve_args(args: argparse.Namespace) -> type[RecoverMethod]:
         raise UserError(f"--method {cls.name} needs --teacher (a pretrain output directory)")
     if not args.teacher and not args.dataset:
         raise UserError(f"--method {cls.name} without --teacher needs --dataset ({', '.join(dataset_names())})")
+    check_real_images(args, cls)
     return cls
+
+
+def check_real_images(args: argparse.Namespace, cls: type[RecoverMethod]) -> None:
+    """Refuse, before anything runs, a run whose initial images need more real images per
+    class than the train split (or ``--train-per-class``) has: ``--init real`` and ``medoid``
+    start each class from IPC x :meth:`RecoverMethod.real_per_image` distinct real images.
+
+    Raises:
+        UserError: naming the class, its image count and the largest IPC that fits.
+    """
+    if not INITS[args.init] or not Path(args.data_path).is_dir():
+        return
+    train = split_dir(args.data_path, "train")
+    classes = resolve_classes(args.classes, train) or class_folders(train)
+    per_image = cls.real_per_image(args)
+    need = args.ipc * per_image
+    counts = images_per_class(train, classes)
+    name = min(counts, key=counts.get)
+    have = min(counts[name], args.train_per_class or counts[name])
+    if have < need:
+        source = (f"--train-per-class {args.train_per_class}" if have == args.train_per_class
+                  else f"class {name!r} has {have} train images")
+        tiles = f" ({per_image} per stored image: multi-formation tiles)" if per_image > 1 else ""
+        raise UserError(f"--ipc {args.ipc}: --method {cls.name} --init {args.init} starts each class from {need} real "
+                        f"images{tiles}, but {source}; pass --ipc {max(1, have // per_image)} or fewer")

@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     Raises:
         UserError: as :func:`wmdd.options.config.parse_with_config` and :func:`training_mode`.
     """
-    args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS.defaults())
+    args = parse_with_config(build_parser(), argv, "train", variant="protocol", variant_defaults=PROTOCOLS.defaults(),
+                             owners=PROTOCOLS.owner_map())
     training_mode(args)
     return args
 

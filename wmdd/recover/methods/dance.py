@@ -120,12 +120,20 @@ class DANCE(MultiFormation, MatchingMethod):
     def needs(cls, args: argparse.Namespace) -> frozenset[str]:
         return frozenset({"real_batches", "experts"})
 
+    @classmethod
+    def check_resources(cls, res: Resources) -> None:
+        """Raises:
+            UserError: ``--num-experts`` above the experts the file holds, or as
+                :meth:`MultiFormation.check_resources`.
+        """
+        super().check_resources(res)
+        if res.args.num_experts > len(res.experts):
+            raise UserError(f"--num-experts {res.args.num_experts}: {res.experts.path} holds {len(res.experts)} "
+                            f"experts; pass --num-experts {len(res.experts)} or pretrain more")
+
     def __init__(self, resources: Resources):
         super().__init__(resources)
         args, experts = resources.args, resources.experts
-        if args.num_experts > len(experts):
-            raise UserError(f"--num-experts {args.num_experts}: {experts.path} holds {len(experts)} experts; "
-                            f"pass --num-experts {len(experts)} or pretrain more")
         self.experts = experts
         self.dsa = DSAParams(strategy=args.dsa_strategy)
         self.middle = experts.network(resources.device)

@@ -18,8 +18,8 @@ import argparse
 import torch
 
 from wmdd.options.bounds import COUNT
-from wmdd.recover.methods.registry import RecoverMethod
-from wmdd.recover.multiformation import encode
+from wmdd.recover.methods.registry import RecoverMethod, Resources
+from wmdd.recover.multiformation import encode, tile_side
 
 
 def factor(args: argparse.Namespace) -> int:
@@ -42,6 +42,15 @@ class MultiFormation(RecoverMethod):
     @classmethod
     def real_per_image(cls, args: argparse.Namespace) -> int:
         return factor(args) ** 2
+
+    @classmethod
+    def check_resources(cls, res: Resources) -> None:
+        """Raises:
+            UserError: the input side is not divisible by ``--factor``
+                (:func:`wmdd.recover.multiformation.tile_side`).
+        """
+        super().check_resources(res)
+        tile_side(res.input_size, factor(res.args))
 
     def initial_images(self, real: torch.Tensor) -> torch.Tensor:
         """IDC's initialisation from real images (block-averaged, IDC: nearest neighbour):

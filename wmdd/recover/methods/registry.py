@@ -137,6 +137,15 @@ class RecoverMethod:
         return frozenset()
 
     @classmethod
+    def check_resources(cls, res: Resources) -> None:
+        """Refuse settings that only the loaded inputs show to be unusable (the input size, the
+        experts file); the recover stage calls it before it writes its first file.
+
+        Raises:
+            UserError: naming the option, the value and the fix.
+        """
+
+    @classmethod
     def optimisation(cls, args: argparse.Namespace) -> Optimisation:
         """Optimiser, schedule and clipping of the shared loop."""
         return Optimisation()

@@ -1,0 +1,98 @@
+"""Starting a stage's command (``python -m wmdd.<stage> ARGS``) from ``wmdd run`` as its own process.
+
+On Linux the orchestrator imports the stage's module once and forks a child that runs its
+``main`` (through :func:`wmdd.options.parsing.run_main`, as ``python -m`` does): the child is a
+separate process with the stage's own exit status, signals and memory, but does not spend
+seconds importing torch and torchvision again for every stage (most of a short stage's time
+on a CPU). The orchestrator itself never runs torch code or touches CUDA, so forking it is
+safe. Elsewhere, and under ``torchrun``, the stage is a new interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def can_fork() -> bool:
+    """Whether stages are forked from this process (Linux) rather than started afresh."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def stage_main(module: str):
+    """The ``main(argv)`` that ``python -m module`` runs (``module.__main__`` for a package)."""
+    spec = importlib.util.find_spec(module)
+    return importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module).main
+
+
+def run_module(module: str, argv: list[str], env: dict[str, str], launch: list[str] | None = None,
+               started: Callable[[], None] | None = None) -> int:
+    """Run ``python -m module argv`` with the environment ``env`` and wait for it.
+
+    Args:
+        module: e.g. ``"wmdd.recover"``.
+        argv: its arguments.
+        env: the whole environment of the stage process.
+        launch: the command before the module name; ``None`` or ``[python, "-m"]`` forks when
+            :func:`can_fork`, anything else (``torchrun ... -m``) starts that command.
+        started: called in this process once the stage process exists (e.g. to start a
+            thread: threads are started after the fork, never copied into the stage).
+
+    Ctrl-C reaches the stage process (the terminal signals the whole process group); this
+    process ignores it while it waits, so that the stage's one-line message and exit status
+    (130) are what the user sees, not a second message from here.
+
+    Returns:
+        The exit status (negative: killed by that signal, as :func:`subprocess.call` returns).
+    """
+    plain = launch is None or launch == [sys.executable, "-m"]
+    if not (plain and can_fork()):
+        proc = subprocess.Popen([*(launch or [sys.executable, "-m"]), module, *argv], env=env)
+        if started:
+            started()
+        with _sigint_ignored():
+            return proc.wait()
+    main = stage_main(module)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the stage process
+        code = 1
+        try:
+            from wmdd.options.parsing import run_main
+
+            os.environ.clear()
+            os.environ.update(env)
+            sys.argv = [module, *argv]
+            run_main(main, argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    if started:
+        started()
+    with _sigint_ignored():
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
