@@ -8,11 +8,13 @@ so a plain clone passes ``make test`` on any machine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import importlib.util
 import io
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,20 +118,45 @@ def kill_when(cmd: list[str], marker: Path, env: dict | None = None) -> None:
     proc.wait()
 
 
+@contextlib.contextmanager
+def _built_once(tmp_path_factory, name: str):
+    """A directory ``name`` that the test session's xdist workers share, held under a file lock
+    while the caller checks whether it is built and builds it if not: a fixture that costs
+    tens of seconds (a teacher, experts) is then built once per session, not once per worker.
+    Without xdist it is the session's own temporary directory."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by popen-gw*/
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield root / name
+
+
+def _build_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` once per test session (:func:`_built_once`); returns ``path``."""
+    with _built_once(tmp_path_factory, name) as path:
+        if not (path / ".built").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
     """Real CIFAR-10: 20 train and 10 test images per class, extracted from the committed archive."""
-    return extract(CIFAR10_MINI, tmp_path_factory.mktemp("data") / "cifar10")
+    return _build_once(tmp_path_factory, "data", lambda p: extract(CIFAR10_MINI, p / "cifar10")) / "cifar10"
+
+
+def _pretrain_teacher(root: Path, data: Path) -> None:
+    proc = run_module("wmdd.pretrain", "--dataset", "cifar10", "--data-path", data, "--model", "resnet18",
+                      "--epochs", 2, "--batch-size", 32, "--output-dir", root / "pretrain", "--workers", 0)
+    (root / "wmdd.pretrain.log").write_text(proc.stderr)
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory, cifar_root) -> Path:
     """A ResNet-18 teacher pretrained for 2 epochs on the CIFAR-10 subset (output directory)."""
-    out = tmp_path_factory.mktemp("teacher") / "pretrain"
-    proc = run_module("wmdd.pretrain", "--dataset", "cifar10", "--data-path", cifar_root, "--model", "resnet18",
-                      "--epochs", 2, "--batch-size", 32, "--output-dir", out, "--workers", 0)
-    (out.parent / "wmdd.pretrain.log").write_text(proc.stderr)
-    return out
+    return _build_once(tmp_path_factory, "teacher", lambda p: _pretrain_teacher(p, cifar_root)) / "pretrain"
 
 
 #: ``python -m wmdd.pretrain --experts`` reduced for CPU tests: 1 epoch (paper: 60) on the
@@ -140,7 +167,6 @@ EXPERT_FLAGS = ["--dataset", "cifar10", "--experts", "2", "--epochs", "1", "--ba
 @pytest.fixture(scope="session")
 def experts(tmp_path_factory, cifar_root) -> Path:
     """Two DANCE experts (convnet_in, 1 epoch) on the CIFAR-10 subset (pretrain output directory)."""
-    out = tmp_path_factory.mktemp("experts") / "pretrain"
-    run_module("wmdd.pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", out,
-               env={"OMP_NUM_THREADS": "1"})
-    return out
+    return _build_once(tmp_path_factory, "experts", lambda p: run_module(
+        "wmdd.pretrain", *EXPERT_FLAGS, "--data-path", cifar_root, "--output-dir", p / "pretrain",
+        env={"OMP_NUM_THREADS": "1"})) / "pretrain"

@@ -145,7 +145,8 @@ def test_bad_input_exits_non_zero_without_manifest(case, tiny_teacher, cifar_roo
         expect = "class list differs from the teacher's"
     elif case == "ipc too large":
         extra = ["--ipc", "21", "--init", "real"]
-        expect = "20 images, fewer than --ipc 21"
+        expect = ("--ipc 21: --method wmdd --init real starts each class from 84 real images (4 per stored image: "
+                  "multi-formation tiles), but class 'airplane' has 20 train images; pass --ipc 5 or fewer")
     elif case == "no statistics":
         teacher = _teacher_without_stats(tiny_teacher, tmp_path)
         expect = f"{teacher}: teacher has no per-class BatchNorm statistics"

@@ -1,9 +1,10 @@
 """``wmdd run`` (``python -m wmdd.run``, ``./run.sh``): the pipeline pretrain -> recover ->
 [decode] -> relabel -> train, through disk, with the flags of WMDD's official ``run.sh``.
 
-Each stage runs as its own process (``python -m wmdd.<stage>``, or ``torchrun`` with several
-GPUs). Every stage's arguments are parsed by that stage's own parser before the first stage
-starts, so a bad value is refused before anything is written. A finished stage (manifest
+Each stage runs as its own process (``python -m wmdd.<stage>``, forked from this one on Linux so
+that torch is imported once, :mod:`wmdd.runtime.launch`; ``torchrun`` with several GPUs). Every
+stage's arguments are parsed by that stage's own parser before the first stage starts, so a bad
+value is refused before anything is written. A finished stage (manifest
 present, same arguments) is skipped, so a killed run resumes when started again; each stage's
 wall time, summed over its resumed parts, is kept in ``<stage dir>/.wall_seconds``. Outputs:
 ``<out>/<dataset>/<ID>/{recover,relabel,train}``, the teacher in
