@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
-import importlib.util
 import io
 import logging
 import os
@@ -57,9 +55,9 @@ def _run_in_process(module: str, argv: list[str], env: dict) -> subprocess.Compl
     import torch
 
     from wmdd.options.parsing import run_main
+    from wmdd.runtime.launch import stage_main
 
-    spec = importlib.util.find_spec(module)
-    main = importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module).main
+    main = stage_main(module)
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))

@@ -169,8 +169,8 @@ def test_dm_runs_without_a_teacher(cifar_root, tmp_path):
 
 @pytest.mark.parametrize("case,flags,expect", [
     ("ipc larger than a class", ["--method", "dm", "--ipc", "21"],
-     "--ipc 21: --method dm --init real starts each class from 21 real images, but class 'airplane' has 20 train "
-     "images; pass --ipc 20 or fewer"),
+     ("--ipc 21: --method dm --init real starts each class from 21 real images, but class 'airplane' has 20 train "
+      "images; pass --ipc 20 or fewer")),
     ("unknown style", ["--method", "ddm", "--style", "texture"], "--style 'texture': expected one of both, mm"),
     ("negative weight", ["--method", "ddm", "--icd-weight", "-1"],
      "argument --icd-weight: '-1' is out of range: expected a number >= 0"),

@@ -210,7 +210,12 @@ DEBUG_REAL_PER_IMAGE = 4
 
 def lower_debug_ipc(args: argparse.Namespace, train: Path, classes: str | None) -> None:
     """-g: lower ``args.ipc`` so that every class of the (first 10) classes has
-    :data:`DEBUG_REAL_PER_IMAGE` x IPC train images, saying so in one line."""
+    :data:`DEBUG_REAL_PER_IMAGE` x IPC train images (-g's recover reads that many per class,
+    ``--train-per-class``), saying so in one line.
+
+    Raises:
+        UserError: a ``--classes`` value that cannot be used (:func:`wmdd.data.folders.resolve_classes`).
+    """
     from wmdd.data.folders import class_folders, images_per_class, resolve_classes
 
     names = resolve_classes(classes, train) or class_folders(train)
@@ -218,7 +223,7 @@ def lower_debug_ipc(args: argparse.Namespace, train: Path, classes: str | None) 
     fit = max(1, fewest // DEBUG_REAL_PER_IMAGE)
     if args.ipc > fit:
         print(f"note: -g lowers IPC from {args.ipc} to {fit}: {train} has {fewest} images in its smallest class, and "
-              f"-g's recover starts each stored image from up to {DEBUG_REAL_PER_IMAGE} of them", flush=True)
+              f"-g's recover reads {DEBUG_REAL_PER_IMAGE} x IPC of them (enough for a factor-2 start)", flush=True)
         args.ipc = fit
 
 

@@ -15,6 +15,7 @@ is skipped through ImageFolder's own hooks (``find_classes``, ``is_valid_file``)
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -76,12 +77,14 @@ def is_image_file(path: str, split_root: str) -> bool:
             and not any(map(is_hidden, path[len(split_root):].split(os.sep))))
 
 
-def images_per_class(directory: str | Path, classes: list[str]) -> dict[str, int]:
+def images_per_class(directory: str | Path, classes: list[str], cap: int | None = None) -> dict[str, int]:
     """The number of image files (:func:`is_image_file`) under ``directory/<class>/`` for each
-    of ``classes`` (0 for a missing folder), found without opening any image."""
+    of ``classes`` (0 for a missing folder), found without opening any image; with ``cap``,
+    counting stops there (``min(count, cap)``), so a check on a large split stays quick."""
     directory = Path(directory)
-    return {c: sum(1 for p in (directory / c).rglob("*") if is_image_file(str(p), str(directory)) and p.is_file())
-            for c in classes}
+    files = {c: (p for p in (directory / c).rglob("*") if is_image_file(str(p), str(directory)) and p.is_file())
+             for c in classes}
+    return {c: sum(1 for _ in itertools.islice(found, cap)) for c, found in files.items()}
 
 
 def list_classes(directory: str | Path, subset: list[str] | None = None) -> list[str]:

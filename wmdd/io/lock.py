@@ -4,13 +4,17 @@ releases it when the process dies, even by SIGKILL, so a killed run never blocks
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from wmdd.errors import UserError
 
 LOCK_FILE = ".lock"
+#: ``flock`` errors of file systems that do not support it (some NFS and Lustre mounts).
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 #: Open lock files of this process, by resolved directory.
 _HELD: dict[Path, int] = {}
@@ -19,6 +23,8 @@ _HELD: dict[Path, int] = {}
 def lock_output_dir(out: str | Path, stage: str) -> None:
     """Take the writer lock of ``out`` (created if needed) for ``stage``; a no-op when this
     process already holds it.
+
+    On a file system without ``flock`` it logs a warning and goes on without the lock.
 
     Raises:
         UserError: another process holds it (names it by pid and the stage it runs).
@@ -36,6 +42,13 @@ def lock_output_dir(out: str | Path, stage: str) -> None:
         os.close(fd)
         raise UserError(f"{out}: in use by {holder}; wait for it to finish (then rerun: finished work is "
                         "kept) or pass another --output-dir") from None
+    except OSError as exc:
+        if exc.errno not in UNSUPPORTED:
+            raise
+        os.close(fd)
+        logging.getLogger("wmdd").warning("%s: this file system has no flock (%s); running without the "
+                                          "one-writer lock", out, exc.strerror)
+        return
     os.ftruncate(fd, 0)
     os.write(fd, f"wmdd {stage} (pid {os.getpid()})\n".encode())
     _HELD[key] = fd

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from wmdd.data.folders import recorded_classes
+from wmdd.data.folders import is_image_file, recorded_classes
 from wmdd.errors import UserError
 from wmdd.io.files import atomic_write_json, check_output_dir, read_json, sha256_file
 from wmdd.io.lock import lock_output_dir
@@ -150,7 +150,12 @@ SET_RECORD = ".wmdd_set.json"
 def write_set_record(images_dir: str | Path, *, stage: str, factor: int, input_size: int) -> None:
     """Write :data:`SET_RECORD` into ``images_dir``: the ``stage`` that wrote the images
     (``"recover"`` or ``"decode"``), the multi-formation ``factor`` of the stored images (1 for
-    whole images) and their side ``input_size`` in pixels."""
+    whole images) and their side ``input_size`` in pixels.
+
+    Raises:
+        OSError: the file cannot be written (disk full, read-only; :func:`wmdd.options.parsing.run_main`
+            reports it in one line).
+    """
     atomic_write_json(Path(images_dir) / SET_RECORD, {"format": "wmdd-distilled-set", "stage": stage,
                                                       "factor": int(factor), "input_size": int(input_size)})
 
@@ -204,7 +209,7 @@ def verify_upstream(images_dir: str | Path) -> None:
     listed = set(manifest.get("files", {}))
     prefix = images_dir.name + "/"
     if listed:
-        for file in sorted(p for p in images_dir.rglob("*") if p.is_file()):
+        for file in sorted(p for p in images_dir.rglob("*") if p.is_file() and is_image_file(str(p), str(images_dir))):
             rel = prefix + file.relative_to(images_dir).as_posix()
             if rel not in listed:
                 raise UserError(f"{file}: not listed by {path}, so not part of the {stage} run's set; move it away "
@@ -214,16 +219,26 @@ def verify_upstream(images_dir: str | Path) -> None:
 RUN_ARGS = ".run_args.json"
 
 
+#: Options added after runs were recorded, with the value those earlier runs used (their
+#: arguments lack the key): ``--bn-reduction`` arrived when ``wmdd-paper`` switched to the
+#: authors' mean over classes; every earlier WMDD-family run summed.
+LEGACY_VALUES = {"bn_reduction": "sum"}
+
+
+def _recorded(args: dict, key: str):
+    return args[key] if key in args else LEGACY_VALUES.get(key)
+
+
 def same_args(old: dict, new: dict) -> bool:
     """Whether two recorded argument dicts define the same run; an option missing from one
-    equals ``None`` (unset) in the other, so options added with a ``None`` default by a
-    later version of the toolkit do not make earlier runs look different."""
-    return all(old.get(k) == new.get(k) for k in set(old) | set(new))
+    equals its :data:`LEGACY_VALUES` entry, else ``None`` (unset), in the other, so options
+    added by a later version of the toolkit do not make earlier runs look different."""
+    return all(_recorded(old, k) == _recorded(new, k) for k in set(old) | set(new))
 
 
 def _first_difference(old: dict, new: dict) -> str:
-    k = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))[0]
-    return f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+    k = sorted(k for k in set(old) | set(new) if _recorded(old, k) != _recorded(new, k))[0]
+    return f"{k}: {_recorded(old, k)!r} there, {_recorded(new, k)!r} now"
 
 
 def record_run_args(stage_dir: str | Path, stage: str, args: dict) -> None:

@@ -154,6 +154,8 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
     settings = load_yaml_section(path, stage)
     known = {a.dest for a in parser._actions}
     sections = {}
+    names = {c.replace("-", "_"): c for a in parser._actions if variant and a.dest == variant
+             for c in map(str, a.choices or [])}  # YAML key -> the variant's name
     for key in list(settings):
         if key in _choices(parser, variant):
             sections[key] = settings.pop(key) or {}
@@ -182,8 +184,8 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
                                 f"{flag} {chosen}; move it into a sub-section of one of those, or drop it")
         if refuse_unmatched and sections and not settings and own not in sections:
             raise UserError(f"{path}: the {stage} section holds settings only for {flag} "
-                            f"{', '.join(sections)}, none apply to {flag} {chosen}; add a {chosen!r} sub-section "
-                            f"or pick one of those")
+                            f"{', '.join(names[k] for k in sections)}, none apply to {flag} {chosen}; add a "
+                            f"{chosen!r} sub-section or pick one of those")
         settings.update({str(k).replace("-", "_"): v for k, v in sections.get(own, {}).items()})
     return settings
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 from tqdm import tqdm
 
 from wmdd.errors import UserError
+from wmdd.options.bounds import Bounded
 
 log = logging.getLogger("wmdd")
 
@@ -24,6 +25,17 @@ class StageParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's parse, then a check that every range-checked option holds a number:
+        ``--lr=--`` makes argparse store ``[]`` without calling the option's type."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if isinstance(action.type, Bounded) and value is not None and value is not action.default \
+                    and not isinstance(value, action.type.kind):
+                self.error(f"argument {'/'.join(action.option_strings)}: {value!r} is not {action.type.describe()}")
+        return parsed, extras
 
 
 def setup_logging() -> None:

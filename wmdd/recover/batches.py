@@ -9,6 +9,7 @@ from pathlib import Path
 
 from wmdd.data.folders import select_per_class
 from wmdd.io.files import read_json
+from wmdd.io.manifest import same_args
 from wmdd.runtime.training import derive_seed
 
 
@@ -28,7 +29,8 @@ def pending_batches(out: Path, indices: list[int], inputs: dict) -> list[int]:
 
     A batch is done when its marker exists and records the same ``inputs`` (what the
     images depend on: the run's arguments, the real data's fingerprint, the teacher's and
-    the experts' sha256; markers written before inputs were recorded count as done). A
+    the experts' sha256; a marker is compared on the inputs it recorded, so markers of earlier
+    versions, which recorded fewer or none, count as done when those agree). A
     marker from other inputs (e.g. the class folders were replaced after a killed run, or
     the recorded arguments were deleted and the run restarted with another ``--ipc``) is
     stale: its images and the marker are deleted, the batch is redone, and a log line says so.
@@ -38,9 +40,11 @@ def pending_batches(out: Path, indices: list[int], inputs: dict) -> list[int]:
         path = marker_path(out, b)
         if path.exists():
             record = read_json(path, "batch marker")
-            if record.get("inputs", inputs) == inputs:  # markers of earlier versions record no inputs
+            recorded = record.get("inputs", {})  # markers of earlier versions record fewer inputs, or none
+            changed = [k for k in recorded if not (same_args(recorded[k], inputs.get(k) or {}) if k == "args"
+                                                   else recorded[k] == inputs.get(k))]
+            if not changed:
                 continue
-            changed = [k for k in inputs if record["inputs"].get(k) != inputs[k]]
             logging.getLogger("wmdd.recover").warning(
                 "batch %d was made from other inputs (%s changed since); redoing it", b, ", ".join(changed))
             for name in record["classes"]:

@@ -51,6 +51,8 @@ def check_images_owned(images_dir: Path, classes: list[str], unfinished_run: boo
     if not unfinished_run:
         raise UserError(f"--output-dir {images_dir.parent}: {images_dir} already exists but no recover run was "
                         "started there; pass a new or empty directory (nothing there was changed)")
+    for leftover in images_dir.glob(f".{SET_RECORD}.*.tmp"):  # an atomic write that a kill interrupted
+        leftover.unlink()
     allowed = set(classes)
     for path in sorted(images_dir.rglob("*")):
         parts = path.relative_to(images_dir).parts

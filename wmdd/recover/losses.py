@@ -122,7 +122,8 @@ def bn_matching_loss(inputs: dict[str, torch.Tensor], target_mean: dict[str, tor
         mean, var = group_moments(inputs[name], mu_t.shape[0])
         term = torch.linalg.vector_norm(mean - mu_t, dim=1).sum() + torch.linalg.vector_norm(var - var_t, dim=1).sum()
         total = total + (first_bn_multiplier if i == 0 else 1.0) * term
-    return total / mu_t.shape[0] if reduction == "mean" else total
+    groups = next(iter(target_mean.values())).shape[0] if target_mean else 1
+    return total / groups if reduction == "mean" else total
 
 
 class RecoverObjective:

@@ -100,7 +100,7 @@ def check_real_images(args: argparse.Namespace, cls: type[RecoverMethod]) -> Non
     classes = resolve_classes(args.classes, train) or class_folders(train)
     per_image = cls.real_per_image(args)
     need = args.ipc * per_image
-    counts = images_per_class(train, classes)
+    counts = images_per_class(train, classes, cap=need)
     name = min(counts, key=counts.get)
     have = min(counts[name], args.train_per_class or counts[name])
     if have < need:

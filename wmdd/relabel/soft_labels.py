@@ -176,7 +176,7 @@ def epoch_damage(out: str | Path, epoch: int, num_views: int) -> str | None:
         record = torch_load(path, "soft-label file")
         plan = EpochPlan.from_tensors(record)
         rows = record["values"].shape[0]
-    except (UserError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except (UserError, KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
         return str(exc) if isinstance(exc, UserError) else f"{path}: not a soft-label record ({exc!r})"
     if len(plan.order) != num_views or rows != num_views:
         return f"{path}: {rows} views recorded, {num_views} expected"

@@ -10,6 +10,7 @@ safe. Elsewhere, and under ``torchrun``, the stage is a new interpreter.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import importlib.util
@@ -17,18 +18,30 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
 
 def can_fork() -> bool:
-    """Whether stages are forked from this process (Linux) rather than started afresh."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
+    """Whether stages are forked from this process rather than started afresh: on Linux, while
+    this process runs no other thread and has not initialised CUDA (a fork copies neither a
+    thread nor a usable CUDA context)."""
+    if not (sys.platform.startswith("linux") and hasattr(os, "fork")) or threading.active_count() > 1:
+        return False
+    cuda = sys.modules.get("torch.cuda")
+    return not (cuda is not None and cuda.is_initialized())
 
 
 def stage_main(module: str):
-    """The ``main(argv)`` that ``python -m module`` runs (``module.__main__`` for a package)."""
+    """The ``main(argv)`` that ``python -m module`` runs (``module.__main__`` for a package).
+
+    Raises:
+        ModuleNotFoundError: no such module (a programming error: the stages are fixed).
+    """
     spec = importlib.util.find_spec(module)
+    if spec is None:
+        raise ModuleNotFoundError(f"no module {module!r}")
     return importlib.import_module(f"{module}.__main__" if spec.submodule_search_locations else module).main
 
 
@@ -62,31 +75,38 @@ def run_module(module: str, argv: list[str], env: dict[str, str], launch: list[s
     main = stage_main(module)
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the stage process
-        code = 1
-        try:
-            from wmdd.options.parsing import run_main
-
-            os.environ.clear()
-            os.environ.update(env)
-            sys.argv = [module, *argv]
-            run_main(main, argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-        except BaseException:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    if started:
-        started()
-    with _sigint_ignored():
+    with _sigint_ignored():  # from before the fork: no moment where Ctrl-C ends only this process
+        pid = os.fork()
+        if pid == 0:  # the stage process
+            _stage_process(module, main, argv, env)
+        if started:
+            started()
         _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _stage_process(module: str, main, argv: list[str], env: dict[str, str]) -> None:
+    """The forked stage: run ``main(argv)`` as ``python -m module`` would, then exit (never returns)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = 1
+    try:
+        from wmdd.options.parsing import run_main
+
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [module, *argv]
+        run_main(main, argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()  # as at a normal exit: e.g. DataLoader workers are stopped and joined
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @contextlib.contextmanager

@@ -27,13 +27,14 @@ import torch
 
 from wmdd.data.datasets import DatasetSpec
 from wmdd.errors import UserError
-from wmdd.io.files import sha256_file
+from wmdd.io.files import atomic_write_json, sha256_file
+from wmdd.io.lock import lock_output_dir
 from wmdd.io.manifest import (
     MANIFEST,
     RUN_ARGS,
     finished_with_same_args,
+    jsonable,
     read_manifest,
-    record_run_args,
     write_manifest,
     write_set_record,
 )
@@ -56,15 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 def decode_set(images_dir: Path, out: Path) -> dict:
     """Decode the set in ``images_dir`` into ``out`` and return its manifest.
 
-    A previous partial output of the same decode in ``out`` (a killed run, recognised by
-    its recorded arguments) is replaced; anything else already in ``out/images`` is refused.
+    A previous partial output of a decode in ``out`` (a killed run, recognised by its
+    recorded arguments) is replaced; anything else already in ``out/images`` is refused.
 
     Raises:
         UserError: ``images_dir`` is not an image folder, not a multi-formation set
             (factor 1), its recover manifest is missing or its files changed, its
             classes hold different numbers of images, ``out`` is inside the
-            recover run's directory, ``out/images`` exists but was not written by an
-            unfinished decode of this set, or ``out`` holds an unfinished decode of another set.
+            recover run's directory, ``out/images`` exists but was not written by wmdd decode
+            (no recorded arguments beside it), or another process is writing to ``out``.
     """
     images = load_image_set(images_dir)
     factor = recorded_factor(images_dir)
@@ -84,7 +85,10 @@ def decode_set(images_dir: Path, out: Path) -> dict:
     if (out / "images").exists() and not (out / RUN_ARGS).is_file():
         raise UserError(f"--output-dir {out}: {out / 'images'} already exists and was not written by wmdd decode; "
                         "pass a new or empty directory (nothing there was changed)")
-    record_run_args(out, "decode", run_args(images_dir))
+    lock_output_dir(out, "decode")
+    # decode never resumes part-way: an unfinished decode's output (of this set, or of a set since
+    # remade in the same place) is replaced
+    atomic_write_json(out / RUN_ARGS, jsonable(run_args(images_dir)))
     shutil.rmtree(out / "images", ignore_errors=True)
     weights_csv = images_dir.parent / "sample_weights.csv"
     weights = load_sample_weights(weights_csv, images) if weights_csv.is_file() else torch.ones(len(images.paths))

@@ -12,8 +12,8 @@ class SRe2L(WMDD):
     """``--method sre2l``: SRe2L's recover loss (Yin et al., NeurIPS 2023; no equation number
     on record), CE + the global BN regulariser (WMDD Eq. 6 with one group), in WMDD's loop at
     the published settings (:data:`PAPER_DEFAULTS`) with CE weight 1, no barycenter (WMDD
-    Table III's SRe2L row) and SRe2L's first-BN-layer weight 10; every WMDD option applies. The global BN statistics are exact,
-    not SRe2L's BN running averages."""
+    Table III's SRe2L row) and SRe2L's first-BN-layer weight 10; every WMDD option applies. The
+    global BN statistics are exact, not SRe2L's BN running averages."""
 
     name = "sre2l"
     summary = "teacher cross-entropy + global BN statistics (SRe2L)"

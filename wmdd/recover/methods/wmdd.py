@@ -106,7 +106,11 @@ def objective_from_args(args: argparse.Namespace, model: torch.nn.Module, bn_sta
                         device: torch.device) -> RecoverObjective:
     """The recover objective (WMDD Eq. 7) of the resolved options of ``wmdd``, ``wmdd-paper`` or
     ``sre2l`` (``--wb``, ``--per-class-bn``, ``--r-bn``, ``--bn-reduction``, ``--r-ce``,
-    ``--first-bn-multiplier``) for the teacher ``model`` and its BN statistics."""
+    ``--first-bn-multiplier``) for the teacher ``model`` and its BN statistics.
+
+    Raises:
+        UserError: ``--r-bn`` above 0 and the model has no BatchNorm2d layer (:class:`RecoverObjective`).
+    """
     return RecoverObjective(model, bn_stats, per_class_bn=args.per_class_bn, use_wb=args.wb, r_bn=args.r_bn,
                             r_ce=args.r_ce, first_bn_multiplier=args.first_bn_multiplier, device=device,
                             bn_reduction=args.bn_reduction)
@@ -144,7 +148,8 @@ class WMDD(BarycenterMethod):
         group.add_argument("--per-class-bn", action=argparse.BooleanOptionalAction,
                            help="per-class (WMDD Eq. 6) instead of global (SRe2L) BN statistics "
                                 "[wmdd on, sre2l off]")
-        group.add_argument("--first-bn-multiplier", type=NON_NEGATIVE, help="extra weight of the first BN layer [wmdd 10, wmdd-paper 1, sre2l 10]")
+        group.add_argument("--first-bn-multiplier", type=NON_NEGATIVE,
+                           help="extra weight of the first BN layer [wmdd 10, wmdd-paper 1, sre2l 10]")
         group.add_argument("--jitter", type=NON_NEGATIVE_INT, help="random roll in pixels [input size * 32/224]")
         group.add_argument("--random-crop", action=argparse.BooleanOptionalAction,
                            help="random-resized crop of the batch each iteration [on; SRe2L's CIFAR recipe: off]")
