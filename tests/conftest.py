@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -54,8 +53,7 @@ def run_module(module: str, *args: str, check: bool = True, env: dict | None = N
 def _run_in_process(module: str, argv: list[str], env: dict) -> subprocess.CompletedProcess:
     import torch
 
-    from wmdd.options.parsing import run_main
-    from wmdd.runtime.launch import stage_main
+    from wmdd.runtime.launch import exit_status, stage_main
 
     main = stage_main(module)
     out, err = io.StringIO(), io.StringIO()
@@ -72,16 +70,7 @@ def _run_in_process(module: str, argv: list[str], env: dict) -> subprocess.Compl
     os.chdir(REPO)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                run_main(main, argv)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                if isinstance(exc.code, str):
-                    print(exc.code, file=sys.stderr)
-            except Exception:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
-                traceback.print_exc()
-                code = 1
+            code = exit_status(main, argv)
     finally:
         log.removeHandler(handler)
         log.setLevel(saved[0])

@@ -85,22 +85,36 @@ def run_module(module: str, argv: list[str], env: dict[str, str], launch: list[s
     return os.waitstatus_to_exitcode(status)
 
 
+def exit_status(main: Callable[[list[str] | None], int | None], argv: list[str]) -> int:
+    """Run a stage's ``main(argv)`` as ``python -m`` runs it (through
+    :func:`wmdd.options.parsing.run_main`) and return the exit status that process would
+    have, printing what the interpreter would print on the way out (a ``sys.exit`` message,
+    an uncaught exception's traceback)."""
+    from wmdd.options.parsing import run_main
+
+    try:
+        run_main(main, argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 1
+        return 0 if exc.code is None else exc.code
+    except Exception:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def _stage_process(module: str, main, argv: list[str], env: dict[str, str]) -> None:
     """The forked stage: run ``main(argv)`` as ``python -m module`` would, then exit (never returns)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1
     try:
-        from wmdd.options.parsing import run_main
-
         os.environ.clear()
         os.environ.update(env)
         sys.argv = [module, *argv]
-        run_main(main, argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - what the interpreter prints before exiting with status 1
+        code = exit_status(main, argv)
+    except BaseException:  # noqa: BLE001 - e.g. a second Ctrl-C while run_main was reporting the first
         traceback.print_exc()
     finally:
         atexit._run_exitfuncs()  # as at a normal exit: e.g. DataLoader workers are stopped and joined
