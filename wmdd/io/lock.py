@@ -1,6 +1,7 @@
-"""One writer per output directory: an advisory lock (``fcntl.flock``) on ``OUT/.lock``,
-taken before a stage writes its first file and held until the process ends (the kernel
-releases it when the process dies, even by SIGKILL, so a killed run never blocks its resume)."""
+"""One writer per output directory: an advisory POSIX lock (``fcntl.lockf``) on ``OUT/.lock``,
+taken before a stage writes its first file and held until the process ends. The kernel
+releases it when the process dies, even by SIGKILL, and, unlike ``flock``, processes the
+stage forks (DataLoader workers) do not hold it, so a killed run never blocks its resume."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from wmdd.errors import UserError
 
 LOCK_FILE = ".lock"
-#: ``flock`` errors of file systems that do not support it (some NFS and Lustre mounts).
+#: Locking errors of file systems that do not support it (some NFS and Lustre mounts).
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 #: Open lock files of this process, by resolved directory.
@@ -24,7 +25,7 @@ def lock_output_dir(out: str | Path, stage: str) -> None:
     """Take the writer lock of ``out`` (created if needed) for ``stage``; a no-op when this
     process already holds it.
 
-    On a file system without ``flock`` it logs a warning and goes on without the lock.
+    On a file system without locks it logs a warning and goes on without the lock.
 
     Raises:
         UserError: another process holds it (names it by pid and the stage it runs).
@@ -36,18 +37,18 @@ def lock_output_dir(out: str | Path, stage: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise UserError(f"{out}: in use by {holder}; wait for it to finish (then rerun: finished work is "
-                        "kept) or pass another --output-dir") from None
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{out}: in use by {holder}; wait for it to finish (then rerun: finished work is "
+                            "kept) or pass another --output-dir") from None
         if exc.errno not in UNSUPPORTED:
             raise
         os.close(fd)
-        logging.getLogger("wmdd").warning("%s: this file system has no flock (%s); running without the "
-                                          "one-writer lock", out, exc.strerror)
+        logging.getLogger("wmdd").warning("%s: this file system has no file locks (%s); running without "
+                                          "the one-writer lock", out, exc.strerror)
         return
     os.ftruncate(fd, 0)
     os.write(fd, f"wmdd {stage} (pid {os.getpid()})\n".encode())
