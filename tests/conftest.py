@@ -105,22 +105,16 @@ def kill_when(cmd: list[str], marker: Path, env: dict | None = None) -> None:
     proc.wait()
 
 
-@contextlib.contextmanager
-def _built_once(tmp_path_factory, name: str):
-    """A directory ``name`` that the test session's xdist workers share, held under a file lock
-    while the caller checks whether it is built and builds it if not: a fixture that costs
-    tens of seconds (a teacher, experts) is then built once per session, not once per worker.
-    Without xdist it is the session's own temporary directory."""
+def _build_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` once per test session into a directory ``name`` that the session's xdist
+    workers share (without xdist, the session's own temporary directory), under a file lock:
+    a fixture that costs tens of seconds (a teacher, experts) is then built once per session,
+    not once per worker. Returns ``path``."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by popen-gw*/
+    path = root / name
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield root / name
-
-
-def _build_once(tmp_path_factory, name: str, build) -> Path:
-    """``build(path)`` once per test session (:func:`_built_once`); returns ``path``."""
-    with _built_once(tmp_path_factory, name) as path:
         if not (path / ".built").is_file():
             shutil.rmtree(path, ignore_errors=True)
             build(path)

@@ -313,7 +313,8 @@ def _stage_argvs(plan: Plan, exp: Experiment, pretrain: bool) -> dict[str, tuple
     if a.debug:
         # 5 iterations: wmdd's multi-formation makes each one 4 x the published WMDD's work; at least
         # 4 x IPC real images per class: wmdd's 2x2 tiles start from that many medoids
-        rec += ([] if a.iterations else ["--iterations", "5"]) + ["--train-per-class", str(max(20, 4 * a.ipc))]
+        rec += ([] if a.iterations else ["--iterations", "5"]) + ["--train-per-class",
+                                                                   str(max(20, DEBUG_REAL_PER_IMAGE * a.ipc))]
     rec += (["--wb"] if exp.wb else []) + (["--per-class-bn"] if exp.per_class_bn else []) + exp.recover_extra
     stages["recover"] = (rec, exp_dir / "recover")
     images = exp_dir / "recover" / "images"

@@ -145,8 +145,9 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu", require_b
             per-class BN statistics.
     """
     file = teacher_file(path)
+    recorded = None  # the file's sha256 as its pretrain manifest lists it, once verified
     if (file.parent / MANIFEST).is_file():
-        read_manifest(file.parent, "pretrain")
+        recorded = read_manifest(file.parent, "pretrain").get("files", {}).get(file.name, {}).get("sha256")
     ckpt = torch_load(file, "teacher checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{file}: not a WMDD teacher checkpoint; make one with `python -m wmdd.pretrain` "
@@ -164,7 +165,7 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu", require_b
     model.to(device).eval()
     return Teacher(model=model, name=m["name"], kwargs=dict(m["kwargs"]), classes=list(ckpt["classes"]),
                    spec=spec, input_size=int(m["input_size"]), bn_stats=ckpt.get("bn_stats"),
-                   path=file, sha256=sha256_file(file), val=ckpt.get("val"))
+                   path=file, sha256=recorded or sha256_file(file), val=ckpt.get("val"))
 
 
 def load_any_teacher(path: str | Path, *, model: str, kwargs: dict, spec: DatasetSpec, classes: list[str],

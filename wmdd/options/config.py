@@ -115,12 +115,11 @@ def checked_value(action: argparse.Action, value: object, where: str) -> object:
     return value
 
 
-def _choices(parser: argparse.ArgumentParser, dest: str | None) -> list[str]:
-    """The ``choices`` of the option stored in ``dest`` (empty when there is none)."""
-    for action in parser._actions:
-        if dest is not None and action.dest == dest:
-            return [str(c).replace("-", "_") for c in action.choices or []]
-    return []
+def _variant_keys(parser: argparse.ArgumentParser, dest: str | None) -> dict[str, str]:
+    """``{YAML key: value}`` of the ``choices`` of the option stored in ``dest`` (the key with
+    ``_`` for ``-``, as YAML keys are read); empty when there is none."""
+    return {str(c).replace("-", "_"): str(c) for a in parser._actions if dest is not None and a.dest == dest
+            for c in a.choices or []}
 
 
 def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: str,
@@ -154,10 +153,9 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path, stage: st
     settings = load_yaml_section(path, stage)
     known = {a.dest for a in parser._actions}
     sections = {}
-    names = {c.replace("-", "_"): c for a in parser._actions if variant and a.dest == variant
-             for c in map(str, a.choices or [])}  # YAML key -> the variant's name
+    names = _variant_keys(parser, variant)
     for key in list(settings):
-        if key in _choices(parser, variant):
+        if key in names:
             sections[key] = settings.pop(key) or {}
             if not isinstance(sections[key], dict):
                 raise UserError(f"{path}: {stage} sub-section {key!r} must be a mapping of settings")

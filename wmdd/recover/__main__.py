@@ -113,16 +113,16 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
     return saved
 
 
-def load_inputs(args, needs: frozenset[str], ctx: DistContext,
-                real_per_image: int = 1) -> tuple[Teacher | None, Resources]:
+def load_inputs(args, needs: frozenset[str], ctx: DistContext) -> tuple[Teacher | None, Resources]:
     """The teacher (when given), dataset spec, input size, real train split and the
-    experts (when needed).
+    experts (when needed). Whether each class has the real images that the initial images
+    or the barycenter need was checked when the arguments were parsed
+    (:func:`wmdd.recover.options.check_real_images`).
 
     Raises:
         UserError: teacher and ``--dataset``/``--input-size`` disagree, the class
-            folders differ from the teacher's, the experts file is missing, corrupt
-            or from another dataset, or a class has fewer than IPC x ``real_per_image``
-            images (multi-formation tiles) where real images or barycenters need them.
+            folders differ from the teacher's, or the experts file is missing, corrupt
+            or from another dataset.
     """
     teacher = None
     if args.teacher:
@@ -144,16 +144,6 @@ def load_inputs(args, needs: frozenset[str], ctx: DistContext,
     if "experts" in needs:
         experts = load_experts(args.experts)
         experts.check_data(dataset.classes, size, str(train))
-    if needs & {"real_init", "barycenters"}:
-        counts = torch.bincount(torch.tensor(dataset.targets), minlength=len(dataset.classes))
-        small = int(counts.argmin())
-        wanted = args.ipc * real_per_image
-        if counts[small] < wanted:
-            tiles = wanted != args.ipc
-            what = f"--ipc {args.ipc}" + (f" x {real_per_image} tiles" if tiles else "")
-            raise UserError(f"{train / dataset.classes[small]}: {int(counts[small])} images, fewer than {what} "
-                            f"(needed by {'real images' if 'real_init' in needs else 'the barycenter'}); "
-                            f"lower --ipc{' or --factor' if tiles else ''}")
     return teacher, Resources(args=args, spec=spec, input_size=size, classes=list(dataset.classes),
                               dataset=dataset, device=ctx.device, teacher=teacher, experts=experts)
 
@@ -207,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ctx = setup(args.device)
     needs = cls.needs(args) | INITS[args.init]
-    teacher, res = load_inputs(args, needs, ctx, cls.real_per_image(args))
+    teacher, res = load_inputs(args, needs, ctx)
     cls.check_resources(res)
     if ctx.is_main:
         check_images_owned(out / "images", res.classes,

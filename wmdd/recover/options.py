@@ -87,14 +87,15 @@ def resolve_args(args: argparse.Namespace) -> type[RecoverMethod]:
 
 
 def check_real_images(args: argparse.Namespace, cls: type[RecoverMethod]) -> None:
-    """Refuse, before anything runs, a run whose initial images need more real images per
-    class than the train split (or ``--train-per-class``) has: ``--init real`` and ``medoid``
-    start each class from IPC x :meth:`RecoverMethod.real_per_image` distinct real images.
+    """Refuse, before anything runs, a run that needs more real images per class than the
+    train split (or ``--train-per-class``) has: ``--init real`` and ``medoid`` start each class
+    from IPC x :meth:`RecoverMethod.real_per_image` distinct real images, and a barycenter
+    has that many support points.
 
     Raises:
         UserError: naming the class, its image count and the largest IPC that fits.
     """
-    if not INITS[args.init] or not Path(args.data_path).is_dir():
+    if not (INITS[args.init] or "barycenters" in cls.needs(args)) or not Path(args.data_path).is_dir():
         return
     train = split_dir(args.data_path, "train")
     classes = resolve_classes(args.classes, train) or class_folders(train)
@@ -107,5 +108,7 @@ def check_real_images(args: argparse.Namespace, cls: type[RecoverMethod]) -> Non
         source = (f"--train-per-class {args.train_per_class}" if have == args.train_per_class
                   else f"class {name!r} has {have} train images")
         tiles = f" ({per_image} per stored image: multi-formation tiles)" if per_image > 1 else ""
-        raise UserError(f"--ipc {args.ipc}: --method {cls.name} --init {args.init} starts each class from {need} real "
-                        f"images{tiles}, but {source}; pass --ipc {max(1, have // per_image)} or fewer")
+        uses = (f"starts each class from {need} real images{tiles}" if INITS[args.init]
+                else f"fits a barycenter of {need} support points{tiles} to each class")
+        raise UserError(f"--ipc {args.ipc}: --method {cls.name} --init {args.init} {uses}, but {source}; pass --ipc "
+                        f"{max(1, have // per_image)} or fewer")
