@@ -16,7 +16,8 @@ Beside the times it prints the floating-point operations of one iteration of
 each (``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix
 products, forward and backward) and their ratio: the share of the time ratio
 that is arithmetic the method asks for (DDM's channel Gram matrices) rather
-than overhead around the embedding pass.
+than overhead around the embedding pass; and the operators dispatched
+(:func:`benchmarks.op_counts.count_ops`), the launches a GPU pays for.
 
     python -m benchmarks.dm_overhead [--methods dm [ddm] [dance]] [--experts DIR] [--ipc 10] [--classes 10]
         [--batch-real 256] [--iterations 3] [--rounds 3] [--data-path DIR] [--device auto]
@@ -40,11 +41,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.data import cached_dataset
+from benchmarks.op_counts import count_ops
 from benchmarks.recover_overhead import sync
 from wmdd.data.datasets import get_spec
 from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models.experts import load_experts
+from wmdd.recover.grouping import class_mean
 from wmdd.recover.matching import mean_embedding_loss
 from wmdd.recover.methods import Resources
 from wmdd.recover.options import build_parser, resolve_args
@@ -71,7 +74,7 @@ def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: to
     method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
                            device=device, experts=experts))
     classes = list(range(args.classes))
-    real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes]).to(device)
+    real = torch.cat([pool.sample(c, args.ipc * cls.real_per_image(rargs)) for c in classes])
     config = SynthesisConfig(iterations=args.iterations, lr=rargs.lr, optimisation=cls.optimisation(rargs),
                              log_every=10 ** 9)
     return method, method.batch_objective(classes, 0), config, method.initial_images(real), rargs
@@ -108,10 +111,9 @@ def main() -> None:
     dataset = image_folder(split_dir(data, "train"), eval_transform(spec, 32))
     low, high = pixel_bounds(spec)
     classes = list(range(args.classes))
-    pool = RealPool(dataset, classes, spec, 32)
+    pool = RealPool(dataset, classes, spec, 32, device=device)
     built = {name: _built(name, args, data, dataset, spec, pool, device) for name in args.methods}
-    real = torch.cat([pool.sample(c, args.batch_real) for c in classes]).to(device)
-    sizes = [min(args.batch_real, pool.size(c)) for c in classes]
+    real, sizes = pool.sample_classes(args.batch_real, torch.Generator().manual_seed(0))
 
     def method_round(name: str, iterations: int | None = None) -> float:
         _, objective, config, x, _ = built[name]
@@ -133,9 +135,8 @@ def main() -> None:
         for _ in range(iterations):
             syn = x.clone().requires_grad_(True)
             with torch.no_grad():
-                real_emb = first.embed(real).split(sizes)
-            syn_emb = first.embed(syn).split(args.ipc)
-            sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb)).backward()
+                real_mean = class_mean(first.embed(real), sizes)
+            mean_embedding_loss(real_mean, class_mean(first.embed(syn), [args.ipc] * len(sizes))).backward()
         sync(device)
         return (time.perf_counter() - start) / iterations
 
@@ -150,18 +151,20 @@ def main() -> None:
             times[name].append(run())
     best = {name: min(t) for name, t in times.items()}
     work = {name: flops(lambda run=run: run(1)) for name, run in timed.items()}
+    ops = {name: sum(count_ops(lambda run=run: run(1)).values()) for name, run in timed.items()}
     print(f"{args.classes} classes x (IPC {args.ipc} stored + {args.batch_real} real) images of 32 px, "
           f"{', '.join(f'{name} on {b[4].net or b[0].experts.name}' for name, b in built.items())}, {device}, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
     for name, seconds in best.items():
         print(f"{name + (' iteration' if name in built else '') + ':':30s}{seconds * 1000:9.1f} ms"
-              f"{work[name] / 1e9:10.1f} GFLOP")
+              f"{work[name] / 1e9:10.1f} GFLOP{ops[name]:8d} ops")
     pairs = [(name, "bare embedding pass") for name in args.methods if name in ("dm", "ddm") and
              "bare embedding pass" in best] + [(name, args.methods[0]) for name in args.methods[1:]]
     for name, reference in pairs:
         label = f"ratio {name} / {'bare' if reference == 'bare embedding pass' else reference}:"
         target = "  (target <= 1.2)" if reference == "bare embedding pass" else ""
-        print(f"{label:30s}{best[name] / best[reference]:9.3f} time{work[name] / work[reference]:10.3f} FLOP{target}")
+        print(f"{label:30s}{best[name] / best[reference]:9.3f} time{work[name] / work[reference]:10.3f} FLOP"
+              f"{ops[name] / ops[reference]:8.3f} ops{target}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ crop + flip + roll of the batch, teacher forward with the BN-input hooks and
 the feature capture, the WMDD loss (barycenter + per-class BN terms), backward
 to the pixels, Adam step and clipping. The bare loop is ``model(x)`` and a
 backward to ``x`` (teacher parameters frozen in both). Rounds alternate so that
-machine load affects both alike. Target ratio: <= 1.25 on CPU.
+machine load affects both alike. Target ratio: <= 1.25 on CPU. Beside the times it prints
+the operators each dispatches per iteration (:func:`benchmarks.op_counts.count_ops`).
 
     python -m benchmarks.recover_overhead [--teacher DIR] [--model resnet18] [--ipc 10] [--batch-size 100]
         [--iterations 5] [--rounds 3] [--device auto] [--amp] [--channels-last]
@@ -17,12 +18,14 @@ from 20 real CIFAR-10 images per class (timing does not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.data import cached_dataset
+from benchmarks.op_counts import count_ops
 from wmdd.data.datasets import get_spec
 from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
@@ -85,38 +88,39 @@ def main() -> None:
             view = view.contiguous(memory_format=torch.channels_last)
         return objective(view, classes, support, amp=args.amp)
 
-    def recover_round() -> float:
+    def recover_round(iterations: int = args.iterations) -> float:
         with objective:
             sync(device)
             start = time.perf_counter()
-            synthesize(loss, x, low, high, config)
+            synthesize(loss, x, low, high, dataclasses.replace(config, iterations=iterations))
             sync(device)
-        return (time.perf_counter() - start) / args.iterations
+        return (time.perf_counter() - start) / iterations
 
-    def bare_round() -> float:
+    def bare_round(iterations: int = args.iterations) -> float:
         sync(device)
         start = time.perf_counter()
-        for _ in range(args.iterations):
+        for _ in range(iterations):
             inp = x.clone().requires_grad_(True)
             view = inp.contiguous(memory_format=torch.channels_last) if args.channels_last else inp
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out = model(view)
             out.float().square().mean().backward()
         sync(device)
-        return (time.perf_counter() - start) / args.iterations
+        return (time.perf_counter() - start) / iterations
 
     recover_round(), bare_round()  # warm-up
     ours, bare = [], []
     for _ in range(args.rounds):
         ours.append(recover_round())
         bare.append(bare_round())
+    ops_ours, ops_bare = (sum(count_ops(lambda run=run: run(1)).values()) for run in (recover_round, bare_round))
     n = groups * args.ipc
     print(f"model {args.model if not args.teacher else args.teacher}, {n} images of {size} px per batch "
           f"({groups} classes x IPC {args.ipc}), {device}, amp={args.amp}, channels_last={args.channels_last}, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds of {args.iterations} iterations")
-    print(f"recover iteration:       {min(ours) * 1000:8.1f} ms  ({n / min(ours):.1f} images/s)")
-    print(f"bare forward + backward: {min(bare) * 1000:8.1f} ms  ({n / min(bare):.1f} images/s)")
-    print(f"ratio:                   {min(ours) / min(bare):8.3f}  (target <= 1.25)")
+    print(f"recover iteration:       {min(ours) * 1000:8.1f} ms  ({n / min(ours):.1f} images/s)  {ops_ours} ops")
+    print(f"bare forward + backward: {min(bare) * 1000:8.1f} ms  ({n / min(bare):.1f} images/s)  {ops_bare} ops")
+    print(f"ratio:                   {min(ours) / min(bare):8.3f}  (target <= 1.25)  {ops_ours / ops_bare:.3f} ops")
 
 
 if __name__ == "__main__":

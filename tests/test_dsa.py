@@ -12,7 +12,17 @@ from PIL import Image
 from wmdd.data.datasets import get_spec
 from wmdd.data.transforms import pixel_bounds, to_normalized_tensor
 from wmdd.errors import UserError
-from wmdd.recover.dsa import FAMILIES, DSADraw, DSAParams, apply_draw, augment, draw_params, siamese
+from wmdd.recover.dsa import (
+    FAMILIES,
+    DSADraw,
+    DSAParams,
+    apply_draw,
+    augment,
+    draw_params,
+    draw_per_class,
+    siamese,
+    siamese_per_class,
+)
 
 SIDE = 32
 
@@ -207,3 +217,30 @@ def test_bad_parameters_are_user_errors(images):
         apply_draw(images[:3], draw_params(DSAParams(strategy="rotate"), 10, SIDE, _gen(0)))
     with pytest.raises(ValueError, match="16, 16"):
         apply_draw(images, draw_params(DSAParams(), 10, 16, _gen(0)))
+
+
+def test_per_class_draws_equal_one_shared_draw_per_class(images):
+    """siamese_per_class (one call for all classes) gives each class what siamese's shared draw
+    with the same parameters gives it, for real and synthetic images, over every family."""
+    real = torch.cat([images, images.flip(0)[:7]])  # classes of 6, 4 and 7 real images
+    real_sizes, syn_sizes = [6, 4, 7], [2, 2, 2]
+    syn = images[:6].clone().requires_grad_(True)
+    seen = set()
+    for seed in range(12):
+        real_aug, syn_aug = siamese_per_class(real, real_sizes, syn, syn_sizes, DSAParams(), _gen(seed))
+        draws = draw_per_class(DSAParams(), 3, SIDE, _gen(seed))
+        for j, (r, s) in enumerate(zip(real.split(real_sizes), syn.split(syn_sizes))):
+            draw = draws.draws[int(draws.family[j])]
+            seen.add(draw.family)
+            shared = DSADraw(draw.family, SIDE, True, {k: v[j:j + 1] for k, v in draw.values.items()})
+            torch.testing.assert_close(real_aug.split(real_sizes)[j], apply_draw(r, shared), rtol=0, atol=1e-6)
+            torch.testing.assert_close(syn_aug.split(syn_sizes)[j], apply_draw(s, shared), rtol=0, atol=1e-6)
+        assert not real_aug.requires_grad and syn_aug.requires_grad
+    assert seen == set(FAMILIES)
+
+
+def test_per_class_family_choice_is_uniform_over_the_strategy():
+    draws = draw_per_class(DSAParams(strategy="crop_flip_crop"), 30_000, SIDE, _gen(0))
+    assert [d.family for d in draws.draws] == ["crop", "flip"]
+    share = float((draws.family == 0).double().mean())
+    assert abs(share - 2 / 3) < 0.01

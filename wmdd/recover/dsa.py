@@ -17,12 +17,13 @@ never from the global RNG, so a seeded generator reproduces the draws.
 
 What is built from library ops and what is not:
 
-* flip is ``torchvision.transforms.v2.functional.horizontal_flip``; the
-  integer translation ("crop") is ``v2.functional.crop`` with a box shifted
-  off the image, which pads with zeros exactly as DSA's one-pixel zero pad
-  plus clamped gather does; cutout is ``v2.functional.erase`` with value 0.
-  These take one box per call, so per-image draws are applied once per
-  distinct parameter value (at most ``n`` calls).
+* flip is ``torchvision.transforms.v2.functional.horizontal_flip``.
+* the integer translation ("crop") and cutout are written here as two
+  gathers and a mask (zero fill, exactly DSA's one-pixel zero pad plus
+  clamped gather, and its zeroed square): ``v2.functional.crop``/``erase``
+  take one box per call, so per-image draws would cost one call per image,
+  and a batch's augmentation is meant to be a fixed number of operations
+  whatever its size (one GPU launch per operation, not per image or class).
 * scale and rotate are ``torch.nn.functional.affine_grid`` + ``grid_sample``
   (bilinear, zero padding, ``align_corners=True``: the authors' code targets
   torch 1.2, whose two functions behaved as ``align_corners=True``).
@@ -33,8 +34,9 @@ What is built from library ops and what is not:
   definitions, which act additively / around unweighted means in normalised
   space.
 
-Only the parameter drawing, the siamese sharing and the grouping of per-image
-parameters into library calls are written here.
+Only the parameter drawing, the siamese sharing (per batch, :func:`siamese`, or
+per class of a batch in one call, :func:`draw_per_class` and
+:func:`siamese_per_class`), the translation and the cutout are written here.
 
 Differences from the authors' code, none of which changes the distribution
 of the augmented images:
@@ -52,13 +54,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as tvf
 
 from wmdd.errors import UserError
+from wmdd.recover.grouping import class_index
 
 #: Transform families a strategy string may name.
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -159,6 +161,13 @@ class DSADraw:
         """Images the draw covers: 1 when shared."""
         return len(next(iter(self.values.values())))
 
+    def take(self, index: torch.Tensor) -> DSADraw:
+        """The per-image draw whose image i gets entry ``index[i]`` of this draw's values
+        (``index`` ``[N]`` int64, any device): a draw made per class, given each
+        image's class, becomes a per-image draw that is siamese within each class."""
+        return DSADraw(family=self.family, side=self.side, shared=False,
+                       values={name: t[index.to(t.device)] for name, t in self.values.items()})
+
 
 def _uniform(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=generator.device)
@@ -166,6 +175,33 @@ def _uniform(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def _randint(low: int, high: int, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(low, high, (n,), generator=generator, device=generator.device)
+
+
+def _draw_values(params: DSAParams, family: str, k: int, side: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``k`` random parameter sets of one ``family`` (see :class:`DSADraw`), from ``generator``."""
+    if family == "color":
+        values = {"brightness": (_uniform(k, generator) - 0.5) * params.brightness,
+                  "saturation": _uniform(k, generator) * params.saturation,
+                  "contrast": _uniform(k, generator) + params.contrast}
+    elif family == "crop":
+        shift = int(side * params.crop_pad + 0.5)
+        values = {"dx": _randint(-shift, shift + 1, k, generator), "dy": _randint(-shift, shift + 1, k, generator)}
+    elif family == "cutout":
+        size = int(side * params.cutout + 0.5)
+        # DSA's centre range: 0..S inclusive for an even size, 0..S-1 for an odd one.
+        high = side + 1 - size % 2
+        values = {"cy": _randint(0, high, k, generator), "cx": _randint(0, high, k, generator),
+                  "size": torch.full((k,), size, dtype=torch.int64, device=generator.device)}
+    elif family == "flip":
+        values = {"flip": _uniform(k, generator) < params.flip_prob}
+    elif family == "scale":
+        low = 1.0 / params.scale
+        values = {"sx": _uniform(k, generator) * (params.scale - low) + low,
+                  "sy": _uniform(k, generator) * (params.scale - low) + low}
+    else:
+        values = {"angle": (_uniform(k, generator) - 0.5) * 2 * params.rotate}
+    return values
 
 
 def draw_params(params: DSAParams, n: int, side: int, generator: torch.Generator, *,
@@ -195,60 +231,39 @@ def draw_params(params: DSAParams, n: int, side: int, generator: torch.Generator
         raise ValueError(f"draw_params needs n >= 1 and side >= 1, got n={n}, side={side}")
     families = params.families
     family = families[int(_randint(0, len(families), 1, generator)[0])]
-    k = 1 if shared else n
-    if family == "color":
-        values = {"brightness": (_uniform(k, generator) - 0.5) * params.brightness,
-                  "saturation": _uniform(k, generator) * params.saturation,
-                  "contrast": _uniform(k, generator) + params.contrast}
-    elif family == "crop":
-        shift = int(side * params.crop_pad + 0.5)
-        values = {"dx": _randint(-shift, shift + 1, k, generator), "dy": _randint(-shift, shift + 1, k, generator)}
-    elif family == "cutout":
-        size = int(side * params.cutout + 0.5)
-        # DSA's centre range: 0..S inclusive for an even size, 0..S-1 for an odd one.
-        high = side + 1 - size % 2
-        values = {"cy": _randint(0, high, k, generator), "cx": _randint(0, high, k, generator),
-                  "size": torch.full((k,), size, dtype=torch.int64, device=generator.device)}
-    elif family == "flip":
-        values = {"flip": _uniform(k, generator) < params.flip_prob}
-    elif family == "scale":
-        low = 1.0 / params.scale
-        values = {"sx": _uniform(k, generator) * (params.scale - low) + low,
-                  "sy": _uniform(k, generator) * (params.scale - low) + low}
-    else:
-        values = {"angle": (_uniform(k, generator) - 0.5) * 2 * params.rotate}
+    values = _draw_values(params, family, 1 if shared else n, side, generator)
     return DSADraw(family=family, side=side, shared=shared, values=values)
 
 
-def _grouped(x: torch.Tensor, keys: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """``op(images, *key)`` once per distinct row of ``keys`` (``[n, k]`` int64).
-
-    A single row applies to the whole batch; otherwise row i belongs to image i:
-    the images are sorted by group, each group goes through ``op`` once, and
-    one gather restores the batch order (differentiable).
-    """
-    if keys.shape[0] == 1:
-        return op(x, *keys[0].tolist())
-    distinct, group, counts = torch.unique(keys.cpu(), dim=0, return_inverse=True, return_counts=True)
-    order = torch.argsort(group, stable=True)
-    pieces = torch.split(x[order.to(x.device)], counts.tolist())
-    out = torch.cat([op(piece, *key) for piece, key in zip(pieces, distinct.tolist())])
-    return out[torch.argsort(order).to(x.device)]
+def _shift(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Move image i's content right by ``dx[i]`` and down by ``dy[i]`` pixels (int64 ``[N]``
+    on ``x``'s device), zero fill: two gathers and one select for the whole batch, exact
+    copies of the pixels (torchvision's ``crop`` takes one box per call)."""
+    n, c, h, w = x.shape
+    rows = torch.arange(h, device=x.device) - dy.view(-1, 1)
+    cols = torch.arange(w, device=x.device) - dx.view(-1, 1)
+    inside = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
+    out = x.gather(2, rows.clamp(0, h - 1).view(n, 1, h, 1).expand(n, c, h, w))
+    out = out.gather(3, cols.clamp(0, w - 1).view(n, 1, 1, w).expand(n, c, h, w))
+    return torch.where(inside, out, out.new_zeros(()))
 
 
-def _translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    side = x.shape[-1]
-    return tvf.crop(x, -dy, -dx, side, side)
-
-
-def _cutout(x: torch.Tensor, cy: int, cx: int, size: int) -> torch.Tensor:
-    side = x.shape[-1]
-    top, left = max(cy - size // 2, 0), max(cx - size // 2, 0)
-    bottom, right = min(cy - size // 2 + size, side), min(cx - size // 2 + size, side)
-    return tvf.erase(x, top, left, bottom - top, right - left, x.new_zeros(()))
+def _cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Zero image i's square of side ``size[i]`` centred at ``(cy[i], cx[i])`` (rows
+    ``[cy - size//2, cy - size//2 + size)`` clipped to the image, likewise the columns; int64
+    ``[N]``): one mask and one select for the whole batch (torchvision's ``erase`` takes
+    one box per call)."""
+    n, _, h, w = x.shape
+    top, left = (cy - size // 2).view(-1, 1), (cx - size // 2).view(-1, 1)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    hit = (((rows >= top) & (rows < top + size.view(-1, 1))).view(n, 1, h, 1)
+           & ((cols >= left) & (cols < left + size.view(-1, 1))).view(n, 1, 1, w))
+    return torch.where(hit, x.new_zeros(()), x)
 
 
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] == 0:  # affine_grid refuses an empty batch
+        return x.clone()
     theta = theta.expand(x.shape[0], 2, 3)
     grid = nnf.affine_grid(theta, list(x.shape), align_corners=True)
     return nnf.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -276,7 +291,7 @@ def apply_draw(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
                          f"got {x.dtype} {list(x.shape)}")
     if not draw.shared and draw.n != x.shape[0]:
         raise ValueError(f"DSA draw is for {draw.n} images, the batch has {x.shape[0]}")
-    v = {name: t.to(x.device) for name, t in draw.values.items()}
+    v = {name: t.to(x.device).expand(x.shape[0]) for name, t in draw.values.items()}
     if draw.family == "color":
         x = x + v["brightness"].to(x.dtype).view(-1, 1, 1, 1)
         mean = x.mean(dim=1, keepdim=True)
@@ -284,9 +299,9 @@ def apply_draw(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (x - mean) * v["contrast"].to(x.dtype).view(-1, 1, 1, 1) + mean
     if draw.family == "crop":
-        return _grouped(x, torch.stack([v["dx"], v["dy"]], 1), _translate)
+        return _shift(x, v["dx"], v["dy"])
     if draw.family == "cutout":
-        return _grouped(x, torch.stack([v["cy"], v["cx"], v["size"]], 1), _cutout)
+        return _cutout(x, v["cy"], v["cx"], v["size"])
     if draw.family == "flip":
         return torch.where(v["flip"].view(-1, 1, 1, 1), tvf.horizontal_flip(x), x)
     if draw.family == "scale":
@@ -322,6 +337,81 @@ def siamese(real: torch.Tensor, syn: torch.Tensor, params: DSAParams,
     """
     draw = draw_params(params, real.shape[0], real.shape[-1], generator, shared=True)
     return apply_draw(real, draw), apply_draw(syn, draw)
+
+
+@dataclass(frozen=True)
+class ClassDraws:
+    """One siamese DSA draw per class of a batch (DM's per-class augmentation, Zhao & Bilen,
+    WACV 2023), held so that the whole batch is augmented in a fixed number of operations.
+
+    Attributes:
+        family: ``[G]`` int64 on the CPU, class j's family as an index into ``draws``.
+        draws: one :class:`DSADraw` per distinct family of the strategy (in
+            :data:`FAMILIES` order), with values for each of the G classes.
+    """
+
+    family: torch.Tensor
+    draws: tuple[DSADraw, ...]
+
+
+def draw_per_class(params: DSAParams, groups: int, side: int, generator: torch.Generator) -> ClassDraws:
+    """Draw, for each of ``groups`` classes, one family (uniform over ``params.families``, as
+    :func:`draw_params`) and that family's values: the distribution of ``groups`` calls of
+    :func:`draw_params` with ``shared=True``, drawn as a fixed number of random calls (the
+    family choice, then every family's values for all classes), so the numbers differ from
+    those calls' for the same generator state.
+
+    Raises:
+        ValueError: ``groups`` or ``side`` below 1.
+    """
+    if groups < 1 or side < 1:
+        raise ValueError(f"draw_per_class needs groups >= 1 and side >= 1, got groups={groups}, side={side}")
+    parts = params.families
+    families = tuple(f for f in FAMILIES if f in parts)
+    part = _randint(0, len(parts), groups, generator).cpu()
+    family = torch.tensor([families.index(p) for p in parts])[part]
+    return ClassDraws(family=family, draws=tuple(
+        DSADraw(family=f, side=side, shared=False, values=_draw_values(params, f, groups, side, generator))
+        for f in families))
+
+
+def apply_per_class(x: torch.Tensor, draws: ClassDraws, group: torch.Tensor) -> torch.Tensor:
+    """Apply class ``group[i]``'s draw of ``draws`` to image ``i`` of ``x [N, C, S, S]``
+    (float, normalised; ``group`` ``[N]`` int64 on the CPU): the images are ordered by
+    family, each family's images go through :func:`apply_draw` once (an empty one too, so
+    that the operations are the same for any batch), and one gather restores the order.
+    Returns ``[N, C, S, S]``, differentiable w.r.t. ``x``. Raises as :func:`apply_draw`."""
+    image_family = draws.family[group]
+    order = torch.argsort(image_family, stable=True)
+    counts = torch.bincount(image_family, minlength=len(draws.draws)).tolist()
+    pieces = x[order.to(x.device)].split(counts)
+    out = [apply_draw(piece, draw.take(index)) for piece, draw, index in zip(pieces, draws.draws, group[order].split(counts))]
+    return torch.cat(out)[torch.argsort(order).to(x.device)]
+
+
+def siamese_per_class(real: torch.Tensor, real_sizes: list[int], syn: torch.Tensor, syn_sizes: list[int],
+                      params: DSAParams, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`siamese` for every class of a batch in one call each for the real and the
+    synthetic images (DSA, Zhao & Bilen, ICML 2021, per class as DM, Zhao & Bilen, WACV 2023,
+    applies it): class j's ``real_sizes[j]`` real and ``syn_sizes[j]`` synthetic images share
+    one draw of :func:`draw_per_class`; the real images are augmented without gradient.
+
+    Args:
+        real: ``[sum real_sizes, C, S, S]`` float, normalised, grouped by class.
+        syn: ``[sum syn_sizes, C, S, S]`` float, normalised, grouped by class in the same order.
+
+    Returns:
+        ``(real_aug, syn_aug)`` with the input shapes; gradients flow to ``syn``.
+
+    Raises:
+        ValueError: the sizes disagree in length, or as :func:`apply_draw`.
+    """
+    if len(real_sizes) != len(syn_sizes):
+        raise ValueError(f"{len(real_sizes)} real and {len(syn_sizes)} synthetic class sizes")
+    draws = draw_per_class(params, len(real_sizes), real.shape[-1], generator)
+    with torch.no_grad():
+        real_aug = apply_per_class(real, draws, class_index(real_sizes))
+    return real_aug, apply_per_class(syn, draws, class_index(syn_sizes))
 
 
 def augment(x: torch.Tensor, params: DSAParams, generator: torch.Generator) -> torch.Tensor:

@@ -8,7 +8,10 @@
   ``F F^T / (C H W)``), both batch-averaged per class; and intra-class
   diversity (ICD) among a class's synthetic embeddings.
 
-Every function takes one class's tensors; the recover methods sum over classes.
+Every function takes all classes of a batch at once (images grouped by class,
+``sizes[j]`` of class ``j``, :mod:`wmdd.recover.grouping`) and the losses are sums
+over the classes, so that an iteration is a fixed number of operations whatever
+the number of classes.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wmdd.recover.grouping import class_mean
+
 
 def mean_embedding_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
-    """DM (Zhao & Bilen, WACV 2023) Eq. 4 for one class, one network and one augmentation
-    draw: ``|| mean_i real_i - mean_j syn_j ||_2^2`` (the caller sums over classes). Also
+    """DM (Zhao & Bilen, WACV 2023) Eq. 4 summed over the classes of a batch, for one network
+    and one augmentation draw per class: ``sum_c || mean real_c - mean syn_c ||_2^2``. Also
     DANCE's inner-class view (DANCE Eq. 4) on its middle encoder.
 
     Args:
-        real: ``[n_r, D]`` embeddings of the real batch (usually detached; any float dtype, upcast).
-        syn: ``[n_s, D]`` embeddings of the synthetic images (any float dtype, upcast).
+        real: ``[G, D]`` per-class mean embeddings of the real batches
+            (:func:`wmdd.recover.grouping.class_mean`; usually detached).
+        syn: ``[G, D]`` per-class mean embeddings of the synthetic images.
 
     Returns:
-        Scalar float32.
+        Scalar float32 (float64 for float64 input).
     """
-    return (real.float().mean(dim=0) - syn.float().mean(dim=0)).square().sum()
+    return (real - syn).square().sum()
 
 
 def channel_moments(maps: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,46 +52,41 @@ def channel_moments(maps: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor
     return mean, ((mean_square - mean.square()).clamp_min(0) + eps).sqrt()
 
 
-def class_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A class's (mean, std) for Decomposed DM's L_MM (Malakshan et al., WACV 2025; no
-    equation number on record): batch averages of :func:`channel_moments`,
-    ``[N, C, H, W]`` -> ``([C], [C])`` float32."""
+def class_moments(maps: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's (mean, std) for Decomposed DM's L_MM (Malakshan et al., WACV 2025; no
+    equation number on record): per-class averages of :func:`channel_moments`,
+    ``maps [sum(sizes), C, H, W]`` grouped by class -> ``([G, C], [G, C])`` float32."""
     mean, std = channel_moments(maps)
-    return mean.mean(dim=0), std.mean(dim=0)
+    return class_mean(mean, sizes), class_mean(std, sizes)
 
 
-def class_gram(maps: torch.Tensor) -> torch.Tensor:
+def class_gram(maps: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Decomposed DM's correlation-matching statistic (L_CM; Malakshan et al., WACV 2025, no
-    equation number on record): the batch-averaged channel Gram matrix ``mean_i F_i F_i^T / (C H W)`` of
-    ``[N, C, H, W]`` feature maps (``F_i`` = image i's map as ``[C, H W]``) ->
-    ``[C, C]`` float32: one batched product ``[N, C, H W] x [N, H W, C]`` of the maps as
-    stored (no transposed copy), summed over the images."""
+    equation number on record) of each class: the class-averaged channel Gram matrix
+    ``mean_i F_i F_i^T / (C H W)`` (``F_i`` = image i's map as ``[C, H W]``) of
+    ``maps [sum(sizes), C, H, W]`` grouped by class -> ``[G, C, C]`` float32: one batched
+    product ``[N, C, H W] x [N, H W, C]`` of the maps as stored (no transposed copy), then
+    the per-class means."""
     n, c, h, w = maps.shape
     flat = maps.float().reshape(n, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)).sum(dim=0) / (n * c * h * w)
+    return class_mean(torch.bmm(flat, flat.transpose(1, 2)), sizes) / (c * h * w)
 
 
-def moments_loss(real: list[tuple[torch.Tensor, torch.Tensor]], syn: list[torch.Tensor]) -> torch.Tensor:
-    """Decomposed DM's L_MM (Malakshan et al., WACV 2025; no equation number on record) of
-    one class: mean over blocks of ``||m_r - m_s||^2 + ||s_r - s_s||^2`` where
-    ``(m, s)`` are :func:`class_moments` (real: precomputed ``([C], [C])`` per block;
-    syn: the feature maps ``[n_s, C, H, W]`` per block). Scalar float32."""
-    total = torch.zeros((), device=syn[0].device)
-    for (m_r, s_r), maps in zip(real, syn):
-        m_s, s_s = class_moments(maps)
-        total = total + (m_r - m_s).square().sum() + (s_r - s_s).square().sum()
+def moments_loss(real: list[tuple[torch.Tensor, torch.Tensor]],
+                 syn: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Decomposed DM's L_MM (Malakshan et al., WACV 2025; no equation number on record)
+    summed over the classes: mean over blocks of ``sum_c ||m_r - m_s||^2 + ||s_r - s_s||^2``
+    where ``(m, s)`` are :func:`class_moments` (``([G, C], [G, C])`` per block, real and
+    synthetic). Scalar float32."""
+    total = sum((m_r - m_s).square().sum() + (s_r - s_s).square().sum() for (m_r, s_r), (m_s, s_s) in zip(real, syn))
     return total / len(syn)
 
 
 def correlation_loss(real: list[torch.Tensor], syn: list[torch.Tensor]) -> torch.Tensor:
-    """Decomposed DM's L_CM (Malakshan et al., WACV 2025; no equation number on record) of
-    one class: mean over blocks of ``||G_r - G_s||_F^2`` with
-    :func:`class_gram` (real: precomputed ``[C, C]`` per block; syn: feature maps
-    ``[n_s, C, H, W]`` per block). Scalar float32."""
-    total = torch.zeros((), device=syn[0].device)
-    for g_r, maps in zip(real, syn):
-        total = total + (g_r - class_gram(maps)).square().sum()
-    return total / len(syn)
+    """Decomposed DM's L_CM (Malakshan et al., WACV 2025; no equation number on record) summed
+    over the classes: mean over blocks of ``sum_c ||G_r - G_s||_F^2`` with :func:`class_gram`
+    (``[G, C, C]`` per block, real and synthetic). Scalar float32."""
+    return sum((g_r - g_s).square().sum() for g_r, g_s in zip(real, syn)) / len(syn)
 
 
 def icd_neighbours(ipc: int) -> int:
@@ -96,13 +97,13 @@ def icd_neighbours(ipc: int) -> int:
 
 def icd_loss(syn: torch.Tensor, k: int) -> torch.Tensor:
     """Decomposed DM's intra-class diversity L_ICD (Malakshan et al., WACV 2025; no equation
-    number on record) of one class: ``-mean_i KL(softmax(e_i) || softmax(mean_{j in N_k(i)} e_j))``
-    where ``N_k(i)`` are the ``k`` nearest other synthetic embeddings of the class
-    (Euclidean distance, chosen without gradient). Minimising it pushes each image
-    away from its neighbours.
+    number on record) summed over the classes of a batch: per class
+    ``-mean_i KL(softmax(e_i) || softmax(mean_{j in N_k(i)} e_j))`` where ``N_k(i)`` are the
+    ``k`` nearest other synthetic embeddings of the class (Euclidean distance, chosen
+    without gradient). Minimising it pushes each image away from its neighbours.
 
     Args:
-        syn: ``[n, D]`` synthetic embeddings of one class.
+        syn: ``[G, n, D]`` synthetic embeddings, ``n`` per class.
         k: neighbours per image, ``1 <= k < n``.
 
     Returns:
@@ -111,14 +112,15 @@ def icd_loss(syn: torch.Tensor, k: int) -> torch.Tensor:
     Raises:
         ValueError: ``k`` outside ``[1, n)``.
     """
-    n = syn.shape[0]
+    g, n, _ = syn.shape
     if not 1 <= k < n:
         raise ValueError(f"ICD needs 1 <= k < n, got k={k} for n={n}")
     syn = syn.float()
     with torch.no_grad():
         dist = torch.cdist(syn, syn)
-        dist.fill_diagonal_(float("inf"))
-        nearest = dist.topk(k, dim=1, largest=False).indices
-    centre = syn[nearest].mean(dim=1)
-    kl = F.kl_div(F.log_softmax(centre, dim=1), F.log_softmax(syn, dim=1), log_target=True, reduction="none")
-    return -kl.sum(dim=1).mean()
+        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+        nearest = dist.topk(k, dim=2, largest=False).indices
+    centre = torch.gather(syn.unsqueeze(1).expand(g, n, n, -1), 2,
+                          nearest.unsqueeze(-1).expand(g, n, k, syn.shape[-1])).mean(dim=2)
+    kl = F.kl_div(F.log_softmax(centre, dim=2), F.log_softmax(syn, dim=2), log_target=True, reduction="none")
+    return -kl.sum(dim=2).mean(dim=1).sum()

@@ -35,7 +35,8 @@ Deviations from the authors' code (Hansong-Zhang/DANCE, ``DANCE.py``):
   gradient is multiplied per channel by ``1 / std**2`` (:func:`pixel_space_gradient`)
   and an SGD step at lr 0.01 x IPC moves the [0, 1] pixels as theirs does.
 * classes are optimised in class batches with pixels clipped after every step,
-  as for DM (see :mod:`wmdd.recover.methods.dm`).
+  and the real batches and DSA draws of a batch's classes drawn together, as for
+  DM (see :mod:`wmdd.recover.methods.dm`).
 * the set of the last iteration is kept (the authors select by test accuracy).
 """
 
@@ -51,6 +52,7 @@ from wmdd.models import penultimate_features
 from wmdd.models.experts import Experts, interpolate_state
 from wmdd.options.bounds import COUNT, NON_NEGATIVE
 from wmdd.recover.dsa import DSAParams, apply_sequence, draw_sequence
+from wmdd.recover.grouping import class_index, class_mean
 from wmdd.recover.matching import mean_embedding_loss
 from wmdd.recover.methods.dm import MatchingMethod
 from wmdd.recover.methods.multiformation import MultiFormation
@@ -151,9 +153,10 @@ class DANCE(MultiFormation, MatchingMethod):
         authors' code, the two views are summed into one SGD step per class batch and the
         calibration reuses the inner view's augmented images."""
         args, device = self.res.args, self.res.device
-        pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers)
+        pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers, device)
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dance", batch))
         per_class = args.ipc * args.factor ** 2
+        labels = torch.tensor(classes, device=device).repeat_interleave(per_class)
 
         def objective(x: torch.Tensor, iteration: int):
             m = int(torch.randint(args.num_experts, (1,), generator=generator))
@@ -161,19 +164,15 @@ class DANCE(MultiFormation, MatchingMethod):
             load_middle_encoder(self.middle, self.experts, m, lam)
             self.final.load_state_dict(self.experts.final[m])
             syn = decode(pixel_space_gradient(x, self.std), args.factor)
-            reals, syns, sizes = [], [], []
-            for c, own in zip(classes, syn.split(per_class)):
-                real = pool.sample(c, args.batch_real, generator).to(device)
-                draws = draw_sequence(self.dsa, 1, real.shape[-1], generator, shared=True)
-                reals.append(apply_sequence(real, draws))
-                syns.append(apply_sequence(own, draws))
-                sizes.append(len(real))
-            syn_aug = torch.cat(syns)
+            real, sizes = pool.sample_classes(args.batch_real, generator)
+            syn_sizes = [per_class] * len(sizes)
+            draws = draw_sequence(self.dsa, len(sizes), real.shape[-1], generator)
             with torch.no_grad():
-                real_emb = penultimate_features(self.middle, torch.cat(reals)).split(sizes)
-            syn_emb = penultimate_features(self.middle, syn_aug).split(per_class)
-            inner = sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb))
-            labels = torch.tensor(classes, device=device).repeat_interleave(per_class)
+                real_aug = apply_sequence(real, [d.take(class_index(sizes)) for d in draws])
+                real_mean = class_mean(penultimate_features(self.middle, real_aug), sizes)
+            syn_aug = apply_sequence(syn, [d.take(class_index(syn_sizes)) for d in draws])
+            syn_mean = class_mean(penultimate_features(self.middle, syn_aug), syn_sizes)
+            inner = mean_embedding_loss(real_mean, syn_mean)
             calib = nn.functional.cross_entropy(self.final(syn_aug).float(), labels,
                                                 reduction="sum") / per_class
             loss = inner + args.calib_weight * calib

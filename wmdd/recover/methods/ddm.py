@@ -32,6 +32,7 @@ import torch
 from wmdd.errors import UserError
 from wmdd.models.convnet import block_outputs
 from wmdd.options.bounds import NON_NEGATIVE
+from wmdd.recover.grouping import class_mean
 from wmdd.recover.matching import (
     class_gram,
     class_moments,
@@ -96,36 +97,24 @@ class DDM(DM):
         and the unweighted sum over classes of each term in use (``"dm"``, ``"mm"``,
         ``"cm"``, ``"icd"``)."""
         args = self.res.args
+        syn_sizes = [args.ipc] * len(sizes)
         with torch.no_grad():
             real_maps, real_emb = block_outputs(self.net, real, self.where)
-            real_emb = real_emb.split(sizes)
-            per_class = [[m[s:s + n] for m in real_maps] for s, n in zip(_starts(sizes), sizes)]
-            real_moments = [[class_moments(m) for m in maps] for maps in per_class] if self.mm else None
-            real_grams = [[class_gram(m) for m in maps] for maps in per_class] if self.cm else None
-            del real_maps, per_class
+            real_mean = class_mean(real_emb, sizes)
+            real_moments = [class_moments(m, sizes) for m in real_maps] if self.mm else None
+            real_grams = [class_gram(m, sizes) for m in real_maps] if self.cm else None
+            del real_maps, real_emb
         syn_maps, syn_emb = block_outputs(self.net, syn, self.where)
-        parts: dict[str, torch.Tensor] = {}
-        loss = torch.zeros((), device=syn.device)
-        for j in range(len(sizes)):
-            rows = slice(j * args.ipc, (j + 1) * args.ipc)
-            maps, emb = [m[rows] for m in syn_maps], syn_emb[rows]
-            terms = {"dm": mean_embedding_loss(real_emb[j], emb)}
-            style = torch.zeros((), device=syn.device)
-            if self.mm:
-                terms["mm"] = moments_loss(real_moments[j], maps)
-                style = style + args.mm_weight * terms["mm"]
-            if self.cm:
-                terms["cm"] = correlation_loss(real_grams[j], maps)
-                style = style + terms["cm"]
-            loss = loss + terms["dm"] + args.style_weight * style
-            if self.k:
-                terms["icd"] = icd_loss(emb, self.k)
-                loss = loss + args.icd_weight * terms["icd"]
-            for key, value in terms.items():
-                parts[key] = parts.get(key, 0.0) + value.detach()
-        return loss, parts
-
-
-def _starts(sizes: list[int]) -> list[int]:
-    """Offsets of consecutive chunks of the given sizes."""
-    return [sum(sizes[:i]) for i in range(len(sizes))]
+        terms = {"dm": mean_embedding_loss(real_mean, class_mean(syn_emb, syn_sizes))}
+        loss, style = terms["dm"], torch.zeros((), device=syn.device)
+        if self.mm:
+            terms["mm"] = moments_loss(real_moments, [class_moments(m, syn_sizes) for m in syn_maps])
+            style = style + args.mm_weight * terms["mm"]
+        if self.cm:
+            terms["cm"] = correlation_loss(real_grams, [class_gram(m, syn_sizes) for m in syn_maps])
+            style = style + terms["cm"]
+        loss = loss + args.style_weight * style
+        if self.k:
+            terms["icd"] = icd_loss(syn_emb.view(len(sizes), args.ipc, -1), self.k)
+            loss = loss + args.icd_weight * terms["icd"]
+        return loss, {key: value.detach() for key, value in terms.items()}

@@ -12,7 +12,12 @@ after every step (the set is stored as 8-bit PNG, so what is optimised is what
 is evaluated), and classes are optimised in class batches (``--batch-size //
 IPC`` classes at a time, each batch its own seeded run) so that a killed run
 resumes per batch and ``torchrun`` shards batches; with ``--batch-size`` >=
-classes x IPC the whole set is one batch, as in the paper.
+classes x IPC the whole set is one batch, as in the paper. The real batches and
+the DSA draws of all classes of an iteration are drawn together (one random call
+per quantity, :func:`wmdd.recover.dsa.draw_per_class`), so the random numbers
+differ from a per-class draw's for the same seed while their distribution is
+DM's; an iteration is a fixed number of tensor operations whatever the number
+of classes (``python -m benchmarks.op_counts``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import torch.nn as nn
 from wmdd.errors import UserError
 from wmdd.models import create_model, model_names, penultimate_features
 from wmdd.options.bounds import COUNT, MOMENTUM
-from wmdd.recover.dsa import DEFAULT_STRATEGY, DSAParams, siamese
+from wmdd.recover.dsa import DEFAULT_STRATEGY, DSAParams, siamese_per_class
+from wmdd.recover.grouping import class_mean
 from wmdd.recover.matching import mean_embedding_loss
 from wmdd.recover.methods.registry import Objective, Optimisation, RecoverMethod, Resources, register_method
 from wmdd.recover.real_pool import RealPool
@@ -101,37 +107,34 @@ class DM(MatchingMethod):
         random network (DM: the flattened last block, the classifier's input)."""
         return penultimate_features(self.net, x)
 
-    def augmented_batches(self, x: torch.Tensor, classes: list[int], pool: RealPool,
+    def augmented_batches(self, x: torch.Tensor, pool: RealPool,
                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """For each class ``j`` of the batch, a fresh real batch (``--batch-real``) and the
+        """For every class ``j`` of the pool, a fresh real batch (``--batch-real``) and the
         class's synthetic images ``x[j * ipc:(j + 1) * ipc]`` under one shared DSA draw
-        (DSA's siamese augmentation, Zhao & Bilen, ICML 2021, as DM applies it).
+        (DSA's siamese augmentation, Zhao & Bilen, ICML 2021, as DM applies it), all classes
+        drawn and augmented together (:meth:`RealPool.sample_classes`,
+        :func:`wmdd.recover.dsa.siamese_per_class`).
 
         Returns:
             ``(real [sum n_j, 3, S, S], syn [G * ipc, 3, S, S], n_j per class)``, float32
-            normalised, concatenated in class order (one forward pass each).
+            normalised on the device, grouped by class in the pool's order.
         """
-        ipc, device = self.res.args.ipc, self.res.device
-        reals, syns, sizes = [], [], []
-        for c, own in zip(classes, x.split(ipc)):
-            real = pool.sample(c, self.res.args.batch_real, generator).to(device)
-            real, syn = siamese(real, own, self.dsa, generator)
-            reals.append(real)
-            syns.append(syn)
-            sizes.append(len(real))
-        return torch.cat(reals), torch.cat(syns), sizes
+        real, sizes = pool.sample_classes(self.res.args.batch_real, generator)
+        real, syn = siamese_per_class(real, sizes, x, [self.res.args.ipc] * len(sizes), self.dsa, generator)
+        return real, syn, sizes
 
     def batch_objective(self, classes: list[int], batch: int) -> Objective:
         """DM's iteration (Zhao & Bilen, WACV 2023) per call: re-initialise the network, draw
         each class's real batch and shared DSA draw from the class batch's seeded generator,
         and return :meth:`match` (DM Eq. 4 summed over ``classes``)."""
         args = self.res.args
-        pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers)
+        pool = RealPool(self.res.dataset, classes, self.res.spec, self.res.input_size, args.workers,
+                        self.res.device)
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa", batch))
 
         def objective(x: torch.Tensor, iteration: int):
             reinitialise(self.net)
-            real, syn, sizes = self.augmented_batches(x, classes, pool, generator)
+            real, syn, sizes = self.augmented_batches(x, pool, generator)
             return self.match(real, syn, sizes)
 
         return objective
@@ -141,7 +144,7 @@ class DM(MatchingMethod):
         Bilen, WACV 2023) Eq. 4 summed over the classes, real embeddings without gradient.
         Returns ``(loss, {"dm": loss detached})``, scalar float32."""
         with torch.no_grad():
-            real_emb = self.embed(real).split(sizes)
-        syn_emb = self.embed(syn).split(self.res.args.ipc)
-        loss = sum(mean_embedding_loss(r, s) for r, s in zip(real_emb, syn_emb))
+            real_mean = class_mean(self.embed(real), sizes)
+        syn_mean = class_mean(self.embed(syn), [self.res.args.ipc] * len(sizes))
+        loss = mean_embedding_loss(real_mean, syn_mean)
         return loss, {"dm": loss.detach()}
