@@ -49,6 +49,7 @@ from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models.experts import load_experts
 from wmdd.recover.grouping import class_mean
 from wmdd.recover.matching import mean_embedding_loss
+from wmdd.options.config import resolve_precision
 from wmdd.recover.methods import Resources
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.real_pool import RealPool
@@ -61,16 +62,15 @@ def _built(name: str, args, data: str, dataset, spec, pool: RealPool, device: to
     resolved recover arguments)`` of ``name`` on the first ``args.classes`` classes."""
     flags = ["--method", name, "--dataset", "cifar10", "--data-path", data, "--output-dir", "unused",
              "--ipc", str(args.ipc), "--workers", "2", "--batch-real", str(args.batch_real), "--device", device.type]
+    experts = None
     if name == "dance":
         if not args.experts:
             raise SystemExit("--methods dance needs --experts DIR (python -m wmdd.pretrain --experts N)")
-        flags += ["--experts", args.experts]
-    rargs = build_parser().parse_args(flags)
-    cls = resolve_args(rargs)
-    experts = None
-    if name == "dance":
         experts = load_experts(args.experts)
         experts.check_data(list(dataset.classes), 32, data)
+        flags += ["--experts", args.experts, "--num-experts", str(min(5, len(experts)))]
+    rargs = resolve_precision(build_parser().parse_args(flags))
+    cls = resolve_args(rargs)
     method = cls(Resources(args=rargs, spec=spec, input_size=32, classes=list(dataset.classes), dataset=dataset,
                            device=device, experts=experts))
     classes = list(range(args.classes))

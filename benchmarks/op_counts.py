@@ -4,15 +4,16 @@ On a GPU every operator is at least one kernel launch, so an iteration whose ope
 count grows with the number of classes is launch-bound there, whatever its arithmetic.
 This is the CPU proxy for that: every ATen operator the iteration dispatches (forward,
 backward, optimiser step and clipping; counted by a ``TorchDispatchMode``), for DM, DDM,
-DANCE and WMDD recover, at 10 and at 100 classes of IPC 2. A method whose per-class work
-is batched has (nearly) the same count at both; target ratio <= 1.10.
+DANCE and WMDD recover, at 10 and at 100 classes of IPC 2 (WMDD and DANCE at multi-formation
+factor 1, whose decoding is a fixed number of operators anyway, to keep the batches small). A
+method whose per-class work is batched has (nearly) the same count at both; target ratio <= 1.10.
 
-    python -m benchmarks.op_counts [--methods wmdd dm ddm dance] [--ipc 2] [--batch-real 8]
+    python -m benchmarks.op_counts [--methods wmdd dm ddm dance] [--ipc 2] [--batch-real 4]
 
 prints one line per method, ``METHOD ops@10=N ops@100=M ratio=R``. It needs no data beyond
 the test fixture (``tests/data/cifar10-mini.tar.gz``): the 100 classes are the fixture's
-10 classes, each repeated 10 times under its own class folder (the count does not depend
-on the pixels). The networks are freshly initialised (DM's ``convnet_in``; DANCE's experts
+10 classes, each repeated 10 times under its own class folder of 8 images (the count does
+not depend on the pixels). The networks are freshly initialised (DM's ``convnet_in``; DANCE's experts
 and the WMDD teacher are random ``convnet_in`` / ``convnet`` networks with per-class BN
 statistics of the fixture images): a count does not depend on the weights either.
 """
@@ -36,6 +37,7 @@ from wmdd.models import create_model, penultimate_features
 from wmdd.models.bn_stats import compute_bn_statistics
 from wmdd.models.experts import Experts
 from wmdd.models.teacher import Teacher
+from wmdd.options.config import resolve_precision
 from wmdd.recover.methods import Resources
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.real_pool import RealPool
@@ -103,14 +105,16 @@ def iteration_ops(method: str, root: Path, ipc: int, batch_real: int) -> int:
     dataset = image_folder(split_dir(root, "train"), eval_transform(spec, size))
     classes = list(dataset.classes)
     flags = ["--method", method, "--dataset", "cifar10", "--data-path", str(root), "--output-dir", "unused",
-             "--ipc", str(ipc), "--device", "cpu"]
+             "--ipc", str(ipc), "--device", "cpu", "--workers", "0"]
+    if method in ("wmdd", "dance"):
+        flags += ["--factor", "1"]  # the decoding is a fixed reshape and resize; factor 1 keeps the batch small
     if method == "wmdd":
         flags += ["--teacher", "random"]
     else:
         flags += ["--batch-real", str(batch_real)]
     if method == "dance":
         flags += ["--experts", "random", "--num-experts", "2"]
-    args = build_parser().parse_args(flags)
+    args = resolve_precision(build_parser().parse_args(flags))
     cls = resolve_args(args)
     res = Resources(args=args, spec=spec, input_size=size, classes=classes, dataset=dataset,
                     device=torch.device("cpu"))
@@ -142,13 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, int]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--ipc", type=int, default=2)
-    p.add_argument("--batch-real", type=int, default=8, help="real images per class and iteration (DM family)")
+    p.add_argument("--batch-real", type=int, default=4, help="real images per class and iteration (DM family)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         fixture = extract(FIXTURE, Path(tmp) / "cifar10")
-        roots = {g: many_classes(fixture, Path(tmp) / f"classes{g}", g, args.batch_real) for g in CLASS_COUNTS}
+        roots = {g: many_classes(fixture, Path(tmp) / f"classes{g}", g, 8) for g in CLASS_COUNTS}
         for method in args.methods:
             ops = [iteration_ops(method, roots[g], args.ipc, args.batch_real) for g in CLASS_COUNTS]
             results[method] = tuple(ops)

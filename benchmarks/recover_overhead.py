@@ -9,10 +9,11 @@ machine load affects both alike. Target ratio: <= 1.25 on CPU. Beside the times 
 the operators each dispatches per iteration (:func:`benchmarks.op_counts.count_ops`).
 
     python -m benchmarks.recover_overhead [--teacher DIR] [--model resnet18] [--ipc 10] [--batch-size 100]
-        [--iterations 5] [--rounds 3] [--device auto] [--amp] [--channels-last]
+        [--iterations 5] [--rounds 3] [--device auto] [--amp] [--channels-last] [--input-size 32] [--data-path DIR]
 
 Without ``--teacher`` a freshly initialised model gets per-class BN statistics
-from 20 real CIFAR-10 images per class (timing does not depend on the weights).
+from 20 real CIFAR-10 images per class resized to ``--input-size`` (timing does not depend
+on the weights).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 from benchmarks.data import cached_dataset
 from benchmarks.op_counts import count_ops
 from wmdd.data.datasets import get_spec
-from wmdd.data.folders import image_folder, split_dir
+from wmdd.data.folders import load_splits, with_transform
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models import create_model, penultimate_features
 from wmdd.models.bn_stats import compute_bn_statistics
@@ -55,6 +56,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--input-size", type=int, default=32, help="without --teacher: image side in pixels")
+    p.add_argument("--data-path", help="without --teacher: CIFAR-10 ImageFolder root for the BN statistics "
+                                       "(default: the cached 20-per-class subset)")
     args = p.parse_args()
     device = resolve_device(args.device)
     ctx = DistContext(0, 1, 0, device)
@@ -63,10 +67,12 @@ def main() -> None:
         teacher = load_teacher(args.teacher, device, require_bn_stats=True)
         model, stats, spec, size = teacher.model, teacher.bn_stats, teacher.spec, teacher.input_size
     else:
-        spec, size = get_spec("cifar10"), 32
+        spec, size = get_spec("cifar10"), args.input_size
         torch.manual_seed(0)
-        model = create_model(args.model, num_classes=10, dataset=spec).to(device).eval()
-        real = image_folder(split_dir(cached_dataset("cifar10", 20, 10), "train"), eval_transform(spec, size))
+        model = create_model(args.model, num_classes=10, dataset=spec, input_size=size).to(device).eval()
+        train_raw, _ = load_splits(args.data_path or cached_dataset("cifar10", 20, 10), train_per_class=20,
+                                   val_per_class=1)
+        real = with_transform(train_raw, eval_transform(spec, size))
         stats = compute_bn_statistics(model, DataLoader(real, batch_size=100), 10, ctx)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -57,12 +57,14 @@ def _state(out):
     return torch.load(out / "teacher.pt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
-    epochs = "4"
-    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, tmp_path / "full", "--epochs", epochs))
+@pytest.mark.parametrize("pipeline", ["loader", "device"])
+def test_resume_after_sigkill_equals_uninterrupted_run(pipeline, cifar_root, tmp_path):
+    epochs = "3"
+    flags = ("--epochs", epochs, "--input-pipeline", pipeline)
+    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, tmp_path / "full", *flags))
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "wmdd.pretrain",
-                             *_pretrain_args(cifar_root, killed, "--epochs", epochs)],
+                             *_pretrain_args(cifar_root, killed, *flags)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (killed / "last.pt").exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -71,7 +73,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(cifar_root, tmp_path):
     assert not (killed / "manifest.json").exists()
     done = torch.load(killed / "last.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 1 <= done < int(epochs)
-    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, killed, "--epochs", epochs))
+    run_module("wmdd.pretrain", *_pretrain_args(cifar_root, killed, *flags))
     a, b = _state(tmp_path / "full"), _state(killed)
     assert a.keys() == b.keys()
     for k in a:

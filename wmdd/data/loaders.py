@@ -1,11 +1,13 @@
 """Data loaders over real images shared by pretrain and train: a seeded,
-resumable shuffled loader and an in-order sharded evaluation loader."""
+resumable shuffled loader (or a split held on the device, :mod:`wmdd.data.device_split`)
+and an in-order sharded evaluation loader."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from wmdd.data.device_split import DeviceSplit
 from wmdd.runtime.distributed import DistContext
 from wmdd.runtime.training import derive_seed
 
@@ -24,11 +26,15 @@ def train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int, 
                       persistent_workers=False)
 
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int, ctx: DistContext) -> None:
+def seed_epoch(loader: DataLoader | DeviceSplit, seed: int, epoch: int, ctx: DistContext) -> None:
     """Fix every random choice of epoch ``epoch``: sampler order, worker seeds, and
-    the main-process RNG (used by augmentation when ``workers == 0``)."""
-    loader.sampler.set_epoch(epoch)
-    loader.generator.manual_seed(derive_seed(seed, "loader", epoch, ctx.rank))
+    the main-process RNG (used by augmentation when ``workers == 0``); for a
+    :class:`DeviceSplit`, its order and augmentation."""
+    if isinstance(loader, DeviceSplit):
+        loader.set_epoch(epoch)
+    else:
+        loader.sampler.set_epoch(epoch)
+        loader.generator.manual_seed(derive_seed(seed, "loader", epoch, ctx.rank))
     torch.manual_seed(derive_seed(seed, "epoch", epoch, ctx.rank))
 
 

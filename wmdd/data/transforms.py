@@ -71,6 +71,22 @@ def normalize(pixels: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
                                    list(spec.mean), list(spec.std))
 
 
+def shift_images(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Move image i's content right by ``dx[i]`` and down by ``dy[i]`` pixels, zero fill:
+    ``x [N, C, H, W]`` (any dtype) and int64 ``dx``, ``dy`` ``[N]`` on ``x``'s device ->
+    the same shape, differentiable w.r.t. ``x``. A padded random crop (``v2.RandomCrop(S,
+    padding=p)``) and DSA's translation are such shifts; here they cost two gathers and one
+    select for the whole batch, exact copies of the pixels (torchvision's ``crop`` takes one
+    box per call)."""
+    n, c, h, w = x.shape
+    rows = torch.arange(h, device=x.device) - dy.view(-1, 1)
+    cols = torch.arange(w, device=x.device) - dx.view(-1, 1)
+    inside = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
+    out = x.gather(2, rows.clamp(0, h - 1).view(n, 1, h, 1).expand(n, c, h, w))
+    out = out.gather(3, cols.clamp(0, w - 1).view(n, 1, 1, w).expand(n, c, h, w))
+    return torch.where(inside, out, out.new_zeros(()))
+
+
 def pixel_bounds(spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised values of pixel 0 and pixel 1 per channel, each ``[1, 3, 1, 1]`` float32.
 

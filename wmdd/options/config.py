@@ -28,6 +28,7 @@ from wmdd.io.files import atomic_write_bytes
 from wmdd.io.manifest import jsonable
 from wmdd.options.bounds import NON_NEGATIVE_INT, SEED, Bounded
 from wmdd.options.parsing import StageParser
+from wmdd.runtime.distributed import resolve_device
 
 STAGES = ("pretrain", "recover", "relabel", "train")
 
@@ -44,17 +45,36 @@ def stage_parser(stage: str, description: str, *, workers_help: str, channels_la
                  ) -> argparse.ArgumentParser:
     """A stage's argument parser with the options every stage shares: ``--config``,
     ``--output-dir``, ``--seed``, ``--device``, ``--workers``, ``--amp`` and (unless
-    ``channels_last`` is False) ``--channels-last``."""
+    ``channels_last`` is False) ``--channels-last``; the last two default to ``None``, which
+    :func:`resolve_precision` turns into on with CUDA, off on the CPU."""
     p = StageParser(prog=f"wmdd {stage}", description=description, formatter_class=_HelpFormatter)
     p.add_argument("--config", help="YAML preset (CLI > YAML > defaults), e.g. wmdd/configs/cifar10.yaml")
     p.add_argument("--output-dir", help="stage output directory")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help=workers_help)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (meant for CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="bf16 autocast [on when the stage runs on CUDA, off on the CPU]")
     if channels_last:
-        p.add_argument("--channels-last", action="store_true", help="channels_last memory format (meant for CUDA)")
+        p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       help="channels_last memory format [on when the stage runs on CUDA, off on the CPU]")
     return p
+
+
+def resolve_precision(args: argparse.Namespace) -> argparse.Namespace:
+    """Set ``--amp`` and ``--channels-last`` where they were left unset: on when ``--device``
+    resolves to CUDA, off on the CPU. Called by each stage's ``main`` before it records its
+    arguments (never by the parsers, which ``wmdd run`` also calls: asking whether CUDA is
+    there initialises it, and the orchestrator must not). Returns ``args``.
+
+    Raises:
+        UserError: ``--device cuda`` on a machine without CUDA.
+    """
+    cuda = resolve_device(args.device).type == "cuda"
+    for name in ("amp", "channels_last"):
+        if getattr(args, name, False) is None:
+            setattr(args, name, cuda)
+    return args
 
 
 def load_yaml_section(path: str | Path, stage: str) -> dict:

@@ -18,8 +18,10 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from wmdd.data.datasets import dataset_names, resolve_spec
+from wmdd.data.device_split import INPUT_PIPELINES, DeviceSplit, choose_pipeline, uint8_images
 from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
 from wmdd.data.loaders import eval_loader, seed_epoch, train_loader
 from wmdd.data.transforms import eval_transform, train_transform
@@ -29,7 +31,13 @@ from wmdd.models import create_model, model_names, parse_model_kwargs
 from wmdd.models.bn_stats import compute_bn_statistics
 from wmdd.models.teacher import TEACHER_FILE, load_state_dict_into, read_weights, save_teacher
 from wmdd.options.bounds import COUNT, MOMENTUM, NON_NEGATIVE, POSITIVE, PROBABILITY
-from wmdd.options.config import add_classes_option, parse_with_config, save_resolved_config, stage_parser
+from wmdd.options.config import (
+    add_classes_option,
+    parse_with_config,
+    resolve_precision,
+    save_resolved_config,
+    stage_parser,
+)
 from wmdd.options.parsing import progress, run_main
 from wmdd.pretrain.experts import EXPERT_ONLY, PRETRAIN_KINDS, train_experts
 from wmdd.pretrain.loop import train_one_epoch
@@ -46,8 +54,10 @@ from wmdd.runtime.training import (
 
 log = logging.getLogger("wmdd.pretrain")
 
-#: Arguments that may change between a killed run and its resumption.
-RESUME_IGNORES = ("workers", "device", "config")
+#: Arguments that may change between a killed run and its resumption: they do not change the recipe
+#: (the device and the input pipeline change the float rounding and the random numbers, not their
+#: distribution; the manifest records both).
+RESUME_IGNORES = ("workers", "device", "config", "input_pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=COUNT, help="use a seeded choice of N val images per class")
     p.add_argument("--eval-batch-size", type=COUNT, default=256,
                    help="batch size of evaluation and of the statistics pass")
+    p.add_argument("--input-pipeline", default="auto", choices=INPUT_PIPELINES,
+                   help="device: the train split held on the device as uint8 and augmented there (datasets of at "
+                        "most 64 px); loader: DataLoader worker processes; auto: device on CUDA when the split "
+                        "fits in a quarter of the free memory, else loader (with --experts: the in-memory split is "
+                        "moved to the device unless loader)")
     p.add_argument("--stats-only", action="store_true",
                    help="no training: compute the BN statistics of --teacher")
     p.add_argument("--teacher", help="with --stats-only: a teacher.pt or a plain (torchvision) state dict")
@@ -114,14 +129,26 @@ def _check_args(args: argparse.Namespace) -> None:
     DSAParams(strategy=args.dsa_strategy)
 
 
-def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
-    """Train ``model`` for ``args.epochs`` epochs with resume; returns the last validation result."""
+def train_batches(args, train_raw, spec, size: int, ctx: DistContext) -> DataLoader | DeviceSplit:
+    """The teacher's training batches by ``--input-pipeline``: a :class:`DeviceSplit` or the
+    DataLoader of :func:`train_loader` over ``train_transform`` (the same augmentation)."""
+    pipeline = choose_pipeline(args.input_pipeline, spec, len(train_raw), size, ctx.device)
+    log.info("input pipeline: %s", pipeline)
+    if pipeline == "device":
+        pixels, labels = uint8_images(train_raw, spec, size, args.workers)
+        return DeviceSplit(pixels, labels, spec, batch_size=args.batch_size, seed=args.seed, ctx=ctx)
+    return train_loader(with_transform(train_raw, train_transform(spec, size)), batch_size=args.batch_size,
+                        workers=args.workers, seed=args.seed, ctx=ctx)
+
+
+def _train(args, model, loader, val_set, ctx: DistContext, out: Path, run_args: dict) -> dict | None:
+    """Train ``model`` for ``args.epochs`` epochs on ``loader``'s batches with resume; returns the
+    last validation result."""
     ddp = ctx.wrap(model)
     optimizer = build_optimizer(args.opt, model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=args.momentum)
     scheduler = build_epoch_scheduler(args.lr_scheduler, optimizer, args.epochs)
     state = ResumableRun(out, run_args, RESUME_IGNORES, ctx, model, optimizer, scheduler)
     start, val = state.resume()
-    loader = train_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed, ctx=ctx)
     vloader = eval_loader(val_set, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx)
     for epoch in range(start, args.epochs):
         seed_epoch(loader, args.seed, epoch, ctx)
@@ -140,7 +167,7 @@ def _train(args, model, train_set, val_set, ctx: DistContext, out: Path, run_arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = resolve_precision(parse_args(argv))
     model_kwargs = parse_model_kwargs(args.model, args.model_kwargs)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES + (() if args.experts else EXPERT_ONLY))
@@ -167,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                                      subset=resolve_classes(args.classes, split_dir(args.data_path, "train")))
     spec = resolve_spec(args.dataset, train_raw.classes, args.data_path, subset=args.classes is not None)
     size = size or spec.image_size
-    train_set = with_transform(train_raw, train_transform(spec, size))
     val_set.transform = eval_transform(spec, size)
-    classes = train_set.classes
+    classes = train_raw.classes
     log.info("%s: %d classes, %d train / %d val images, %d px, %s on %s (x%d)", args.dataset, len(classes),
-             len(train_set), len(val_set), size, name, ctx.device, ctx.world_size)
+             len(train_raw), len(val_set), size, name, ctx.device, ctx.world_size)
 
     torch.manual_seed(args.seed)
     model = create_model(name, num_classes=len(classes), dataset=spec, input_size=size, **model_kwargs)
@@ -186,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         record_run_args(out, "pretrain", run_args)
         save_resolved_config(args, out / "config.yaml")
 
+    pipeline = None
     if args.stats_only:
         val = evaluate(model, eval_loader(val_set, batch_size=args.eval_batch_size, workers=args.workers, ctx=ctx),
                        ctx, amp=args.amp)
     else:
-        val = _train(args, model, train_set, val_set, ctx, out, run_args)
+        loader = train_batches(args, train_raw, spec, size, ctx)
+        pipeline = "device" if isinstance(loader, DeviceSplit) else "loader"
+        val = _train(args, model, loader, val_set, ctx, out, run_args)
     log.info("val top-1 %.2f%%  top-5 %.2f%%", val["top1"], val["top5"])
 
     stats_loader = eval_loader(with_transform(train_raw, eval_transform(spec, size)),
@@ -207,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(out, stage="pretrain", args=run_args,
                        outputs=outputs, dataset=spec.to_dict(), classes=classes, model=name,
                        inputs={"teacher_weights": args.teacher} if args.stats_only else None,
-                       extra={"val": val, "input_size": size, "model_kwargs": model_kwargs})
+                       extra={"val": val, "input_size": size, "model_kwargs": model_kwargs,
+                              "input_pipeline": pipeline, "device": str(ctx.device)})
         log.info("wrote %s", out / TEACHER_FILE)
     ctx.barrier()
     return 0

@@ -39,8 +39,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from wmdd.data.datasets import resolve_spec
+from wmdd.data.device_split import MEMORY_SHARE, free_memory, split_bytes, uint8_images
 from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
-from wmdd.data.transforms import eval_pixels_transform, eval_transform, normalize
+from wmdd.data.transforms import eval_transform, normalize
 from wmdd.io.files import torch_load
 from wmdd.io.manifest import write_manifest
 from wmdd.models import create_model, parse_model_kwargs
@@ -68,14 +69,6 @@ PRETRAIN_KINDS.register(Variant("teacher", help="a teacher with its per-class BN
 PRETRAIN_KINDS.register(Variant("experts", EXPERT_DEFAULTS, EXPERT_ONLY, "DANCE's experts (--experts N)"))
 
 
-def uint8_images(dataset, spec, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split in the evaluation geometry: ``(uint8 [N, 3, S, S], int64 [N])``."""
-    loader = DataLoader(with_transform(dataset, eval_pixels_transform(spec, size)), batch_size=500,
-                        num_workers=workers)
-    images, labels = zip(*loader)
-    return torch.cat(images), torch.cat(labels)
-
-
 def expert_epoch(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, spec, optimizer,
                  args: argparse.Namespace, generator: torch.Generator, device: torch.device) -> float:
     """One epoch of DANCE's expert training (Zhang et al., IJCAI 2024, Sec. 3.2) over
@@ -86,6 +79,7 @@ def expert_epoch(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, s
     model.train()
     total, count = 0.0, 0
     for index in torch.randperm(len(pixels), generator=generator).split(args.batch_size):
+        index = index.to(pixels.device)
         x = normalize(pixels[index], spec).to(device)
         x = apply_sequence(x, draw_sequence(dsa, len(x), x.shape[-1], generator))
         x, partner, lam = cutmix_batch(x, args.cutmix_prob, generator)
@@ -139,6 +133,8 @@ def train_experts(args: argparse.Namespace, ctx: DistContext, out: Path, run_arg
     size = args.input_size or spec.image_size
     classes = list(train_raw.classes)
     pixels, labels = uint8_images(train_raw, spec, size, args.workers)
+    if args.input_pipeline != "loader" and split_bytes(len(pixels), size) <= MEMORY_SHARE * free_memory(ctx.device):
+        pixels, labels = pixels.to(ctx.device), labels.to(ctx.device)  # batches gathered on the device
     vloader = DataLoader(with_transform(val_set, eval_transform(spec, size)), batch_size=args.eval_batch_size,
                          num_workers=args.workers)
     todo = [e for e in ctx.shard(args.experts) if not part_path(out, e).exists()]

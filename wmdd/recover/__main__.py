@@ -40,7 +40,7 @@ from wmdd.io.manifest import (
 )
 from wmdd.models.experts import load_experts
 from wmdd.models.teacher import Teacher, check_classes, load_teacher
-from wmdd.options.config import save_resolved_config
+from wmdd.options.config import resolve_precision, save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.recover.barycenter import class_barycenter
 from wmdd.recover.batches import class_batches, marker_path, pending_batches, real_choice
@@ -189,7 +189,7 @@ def run_batch(args, b: int, classes: list[int], method: RecoverMethod, sources: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = resolve_precision(parse_args(argv))
     cls = get_method(args.method)
     out = Path(args.output_dir)
     run_args = run_arguments(args, RESUME_IGNORES)

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as tvf
 
+from wmdd.data.transforms import shift_images
 from wmdd.errors import UserError
 from wmdd.recover.grouping import class_index
 
@@ -235,19 +236,6 @@ def draw_params(params: DSAParams, n: int, side: int, generator: torch.Generator
     return DSADraw(family=family, side=side, shared=shared, values=values)
 
 
-def _shift(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """Move image i's content right by ``dx[i]`` and down by ``dy[i]`` pixels (int64 ``[N]``
-    on ``x``'s device), zero fill: two gathers and one select for the whole batch, exact
-    copies of the pixels (torchvision's ``crop`` takes one box per call)."""
-    n, c, h, w = x.shape
-    rows = torch.arange(h, device=x.device) - dy.view(-1, 1)
-    cols = torch.arange(w, device=x.device) - dx.view(-1, 1)
-    inside = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
-    out = x.gather(2, rows.clamp(0, h - 1).view(n, 1, h, 1).expand(n, c, h, w))
-    out = out.gather(3, cols.clamp(0, w - 1).view(n, 1, 1, w).expand(n, c, h, w))
-    return torch.where(inside, out, out.new_zeros(()))
-
-
 def _cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """Zero image i's square of side ``size[i]`` centred at ``(cy[i], cx[i])`` (rows
     ``[cy - size//2, cy - size//2 + size)`` clipped to the image, likewise the columns; int64
@@ -299,7 +287,7 @@ def apply_draw(x: torch.Tensor, draw: DSADraw) -> torch.Tensor:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (x - mean) * v["contrast"].to(x.dtype).view(-1, 1, 1, 1) + mean
     if draw.family == "crop":
-        return _shift(x, v["dx"], v["dy"])
+        return shift_images(x, v["dx"], v["dy"])
     if draw.family == "cutout":
         return _cutout(x, v["cy"], v["cx"], v["size"])
     if draw.family == "flip":

@@ -23,7 +23,7 @@ from wmdd.io.files import sha256_files
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, verify_upstream, write_manifest
 from wmdd.models.teacher import check_classes, load_teacher
 from wmdd.options.bounds import COUNT, FRACTION, POSITIVE
-from wmdd.options.config import parse_with_config, save_resolved_config, stage_parser
+from wmdd.options.config import parse_with_config, resolve_precision, save_resolved_config, stage_parser
 from wmdd.options.parsing import progress, run_main
 from wmdd.recover.multiformation import refuse_tiled
 from wmdd.relabel.soft_labels import (
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = resolve_precision(parse_args(argv))
     verify_upstream(args.images)
     refuse_tiled(args.images, "relabel")
     out = Path(args.output_dir)

@@ -29,7 +29,7 @@ from wmdd.data.loaders import eval_loader
 from wmdd.io.files import atomic_write_json
 from wmdd.io.manifest import finished_with_same_args, record_run_args, run_arguments, verify_upstream, write_manifest
 from wmdd.models import create_model, parse_model_kwargs
-from wmdd.options.config import save_resolved_config
+from wmdd.options.config import resolve_precision, save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.relabel.soft_labels import meta_path
 from wmdd.runtime.distributed import setup
@@ -41,7 +41,7 @@ RESUME_IGNORES = ("workers", "device", "config")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = resolve_precision(parse_args(argv))
     if args.images:
         verify_upstream(args.images)
     resolve_factor(args)
