@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from wmdd.data.datasets import DatasetSpec, get_spec
+from wmdd.data.device_split import MEMORY_SHARE, free_memory
 from wmdd.data.folders import image_folder, with_transform
 from wmdd.data.loaders import seed_epoch, train_loader
 from wmdd.data.transforms import train_transform
@@ -218,8 +219,10 @@ class HardLabelViews(PlannedViews):
 class DSAImages(LabelSource):
     """``dsa`` (``--protocol dsa``/``dance``): the distilled images in memory, decoded when ``--factor``
     > 1 (:func:`wmdd.recover.multiformation.decode`: normalised ``[N * factor**2, 3, S, S]`` float32;
-    S = ``--input-size``, else the size the recover run recorded, else the dataset's), each stored
-    image's folder label and weight repeated for its decoded images; DSA (Zhao & Bilen 2021) per image."""
+    S = ``--input-size``, else the size the recover run recorded, else the dataset's), on the device
+    when they fit in a quarter of its free memory (batches are then gathered, augmented and mixed
+    there), each stored image's folder label and weight repeated for its decoded images; DSA (Zhao &
+    Bilen 2021) per image."""
 
     name = "dsa"
 
@@ -232,6 +235,8 @@ class DSAImages(LabelSource):
         check_factor(run.images.root, args.factor)
         tiles = args.factor ** 2
         self.pixels = load_decoded(run.images.paths, run.spec, run.input_size, args.factor)
+        if self.pixels.numel() * self.pixels.element_size() <= MEMORY_SHARE * free_memory(run.ctx.device):
+            self.pixels = self.pixels.to(run.ctx.device)  # batches gathered and augmented on the device
         self.labels = run.images.labels.repeat_interleave(tiles)
         self.dsa = DSAParams(strategy=args.dsa_strategy)
         self._load_weights()
@@ -253,7 +258,7 @@ class DSAImages(LabelSource):
         generator = torch.Generator().manual_seed(derive_seed(args.seed, "dsa-epoch", epoch))
         order = torch.randperm(len(self.pixels), generator=generator)
         for index in order.split(args.batch_size):
-            views = augment(self.pixels[index], self.dsa, generator)
+            views = augment(self.pixels[index.to(self.pixels.device)], self.dsa, generator)
             views, partner, lam = cutmix_batch(views, args.cutmix_prob, generator)
             yield {"views": views[ctx.rank::ctx.world_size], "index": index[ctx.rank::ctx.world_size],
                    "other": index[partner][ctx.rank::ctx.world_size], "lam": lam, "batch_len": len(index)}
