@@ -47,9 +47,9 @@ from wmdd.data.datasets import get_spec
 from wmdd.data.folders import image_folder, split_dir
 from wmdd.data.transforms import eval_transform, pixel_bounds
 from wmdd.models.experts import load_experts
+from wmdd.options.config import resolve_precision
 from wmdd.recover.grouping import class_mean
 from wmdd.recover.matching import mean_embedding_loss
-from wmdd.options.config import resolve_precision
 from wmdd.recover.methods import Resources
 from wmdd.recover.options import build_parser, resolve_args
 from wmdd.recover.real_pool import RealPool

@@ -12,7 +12,8 @@
 #   5. DM on CIFAR-10 IPC 10 at the paper's budget (ITERATIONS = 20,000 iterations, batch_real 256, the
 #      DSA protocol for EPOCHS = 1,000 epochs, seed 0) beside random real under the same protocol
 #      (benchmarks/dm_family.sh); the paper reports 48.9 % and 26.0 %.
-# Each step has its own time limit and log; a failed step is reported and the next one runs.
+# Each step has its own time limit and log, cut to what is left of DEADLINE (480 s, the 8 minutes
+# of one call), so the summary line is always printed; a failed step is reported and the next one runs.
 #
 #   benchmarks/gpu_check.sh CIFAR10_ARCHIVE OUT_DIR
 #
@@ -38,18 +39,21 @@ SIZE="${SIZE:-224}"                # image side of steps 3-4
 PRETRAIN_PER_CLASS="${PRETRAIN_PER_CLASS:-500}"  # real images per class in a pretrain round (step 4)
 STUDENT_IPC="${STUDENT_IPC:-50}"   # the student's set in step 4: a real subset of IPC images per class
 OP_METHODS="${OP_METHODS:-wmdd dm ddm dance}"  # methods of step 1
-TIME_SCALE="${TIME_SCALE:-1}"      # multiplies every step's time limit (the dry run on a busy CPU)
+TIME_SCALE="${TIME_SCALE:-1}"      # multiplies every time limit (the dry run on a busy CPU)
+DEADLINE="${DEADLINE:-480}"        # seconds for the whole script (8 min): a step gets at most what is left of it
 WORKERS="${WORKERS:-8}"            # DataLoader workers of steps 2 and 4
 PIPELINE="${PIPELINE:-auto}"       # pretrain's --input-pipeline in step 4 (auto: the device split on CUDA)
 export PYTHONUNBUFFERED=1
 DATA="$OUT/cifar10"
 failed=()
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log, print its tail
-  local name=$1 limit=$2; shift 2
+step() {  # step NAME SECONDS COMMAND...: run with a limit (cut to what is left of DEADLINE), log to OUT/NAME.log
+  local name=$1 limit=$((($2) * TIME_SCALE)) left=$((DEADLINE * TIME_SCALE - SECONDS)); shift 2
   local start=$SECONDS
+  if (( left <= 0 )); then echo "== $name: skipped, no time left"; failed+=("$name"); return; fi
+  if (( limit > left )); then limit=$left; fi
   echo "== $name: $*"
-  timeout "$((limit * TIME_SCALE))" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "== $name: exit $rc after $((SECONDS - start)) s"
   if [[ $rc -ne 0 ]]; then failed+=("$name"); fi

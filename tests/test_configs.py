@@ -68,3 +68,21 @@ def test_yaml_values_are_checked_like_the_command_line(tmp_path, text, expect):
     else:
         with pytest.raises(UserError, match=re.escape(f"{path}: {stage} ") + ".*" + re.escape(expect)):
             config_defaults(parser, path, stage, VARIANTS.get(stage))
+
+
+def test_precision_switches_from_yaml_are_booleans_and_unset_means_cpu_off(tmp_path):
+    """--amp / --channels-last (on/off switches, unset = on with CUDA) take YAML true/false and refuse
+    a string; left unset they resolve to off on the CPU."""
+    from wmdd.options.config import resolve_precision
+    from wmdd.pretrain.__main__ import parse_args
+
+    flags = ["--data-path", "d", "--output-dir", "o", "--device", "cpu"]
+    good = tmp_path / "good.yaml"
+    good.write_text("pretrain:\n  amp: true\n  channels_last: false\n")
+    args = resolve_precision(parse_args(["--config", str(good), *flags]))
+    assert (args.amp, args.channels_last) == (True, False)
+    assert (resolve_precision(parse_args(flags)).amp, parse_args(["--no-amp", *flags]).amp) == (False, False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  amp: 'false'\n")
+    with pytest.raises(UserError, match=r"bad.yaml.*'false' is not true or false"):
+        parse_args(["--config", str(bad), *flags])

@@ -29,8 +29,15 @@ IPC = 2
 
 @pytest.fixture(scope="module")
 def data(cifar_root):
+    """The CIFAR-10 fixture's train split with class 4 cut to its first 5 images, so that with
+    --batch-real 6 the classes of the batch draw 6, 5 and 6 real images (unequal sizes)."""
     spec = get_spec("cifar10")
-    return spec, image_folder(split_dir(cifar_root, "train"), eval_transform(spec, 32))
+    dataset = image_folder(split_dir(cifar_root, "train"), eval_transform(spec, 32))
+    first = [i for i, t in enumerate(dataset.targets) if t == 4][:5]
+    keep = [i for i, t in enumerate(dataset.targets) if t != 4 or i in first]
+    dataset.samples = dataset.imgs = [dataset.samples[i] for i in keep]
+    dataset.targets = [dataset.targets[i] for i in keep]
+    return spec, dataset
 
 
 def _method(name, data, cifar_root, *extra, experts=None):
@@ -77,6 +84,7 @@ def test_dm_and_ddm_batched_iteration_equals_the_per_class_computation(name, dat
     reinitialise(method.net)
     generator = torch.Generator().manual_seed(derive_seed(method.res.args.seed, "dsa", 0))
     real, sizes = RealPool(dataset, CLASSES, spec, 32).sample_classes(6, generator)
+    assert sizes == [6, 5, 6]
     draws = draw_per_class(method.dsa, len(CLASSES), 32, generator)
     syn = x.clone().requires_grad_(True)
     total, terms = torch.zeros((), dtype=torch.float64), {}
@@ -101,8 +109,8 @@ def test_dm_and_ddm_batched_iteration_equals_the_per_class_computation(name, dat
         total = total + args.style_weight * (args.mm_weight * terms["mm"] + terms["cm"]) + args.icd_weight * terms["icd"]
     total.backward()
     assert sorted(parts) == sorted(terms)
-    for key in terms:
-        assert abs(float(parts[key]) - float(terms[key].detach())) <= 1e-5 * abs(float(terms[key].detach())) + 1e-7, key
+    for key, value in terms.items():
+        assert abs(float(parts[key]) - float(value.detach())) <= 1e-5 * abs(float(value.detach())) + 1e-7, key
     assert abs(float(loss) - float(total.detach())) <= 1e-5 * abs(float(total.detach()))
     torch.testing.assert_close(grad, syn.grad, rtol=1e-4, atol=1e-4 * float(syn.grad.abs().max()))
 
@@ -144,16 +152,15 @@ def test_real_pool_draws_distinct_images_of_each_class(data):
     """sample_classes: min(n, size) distinct images per class, of that class, in the pool's
     class order, normalised as the evaluation transform; unequal class sizes included."""
     spec, dataset = data
-    pool = RealPool(dataset, CLASSES, spec, 32)
-    pool.sizes[1] = 4  # pretend class 4 has only 4 images: the draw must stay inside them
+    pool = RealPool(dataset, CLASSES, spec, 32)  # class 4 has 5 images: the draw must stay inside them
     by_class = {c: {tuple(normalize(p, spec).flatten()[:64].tolist()) for p in pool.pixels[o:o + s]}
                 for c, o, s in zip(CLASSES, pool.offsets.tolist(), pool.sizes)}
     seen = {c: set() for c in CLASSES}
     for seed in range(20):
         images, counts = pool.sample_classes(6, torch.Generator().manual_seed(seed))
-        assert counts == [6, 4, 6] and images.dtype == torch.float32 and images.shape == (16, 3, 32, 32)
+        assert counts == [6, 5, 6] and images.dtype == torch.float32 and images.shape == (17, 3, 32, 32)
         for c, chunk in zip(CLASSES, images.split(counts)):
             keys = [tuple(img.flatten()[:64].tolist()) for img in chunk]
             assert len(set(keys)) == len(keys) and set(keys) <= by_class[c]
             seen[c] |= set(keys)
-    assert len(seen[4]) == 4 and len(seen[1]) == len(by_class[1]) == 20
+    assert len(seen[4]) == 5 and len(seen[1]) == len(by_class[1]) == 20

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -52,10 +53,21 @@ def split_bytes(count: int, size: int) -> int:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: CUDA's free memory, or the RAM the OS reports available."""
+    """Bytes free on ``device``: CUDA's free memory; on the CPU the RAM Linux reports available
+    (``MemAvailable`` in ``/proc/meminfo``), else the free physical pages ``sysconf`` gives, else
+    0 where neither exists (nothing is then held in host memory beyond what a stage needs anyway)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
 
 
 def choose_pipeline(choice: str, spec: DatasetSpec, count: int, size: int, device: torch.device) -> str:

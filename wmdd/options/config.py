@@ -130,7 +130,8 @@ def checked_value(action: argparse.Action, value: object, where: str) -> object:
             raise UserError(f"{where}: {exc}") from None
     if action.choices is not None and value not in action.choices:
         raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)) \
+            and not isinstance(value, bool):
         raise UserError(f"{where}: {value!r} is not true or false")
     return value
 

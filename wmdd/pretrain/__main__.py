@@ -133,6 +133,9 @@ def train_batches(args, train_raw, spec, size: int, ctx: DistContext) -> DataLoa
     """The teacher's training batches by ``--input-pipeline``: a :class:`DeviceSplit` or the
     DataLoader of :func:`train_loader` over ``train_transform`` (the same augmentation)."""
     pipeline = choose_pipeline(args.input_pipeline, spec, len(train_raw), size, ctx.device)
+    if ctx.distributed:  # every rank the same pipeline (auto decides by each rank's free memory)
+        agree = ctx.all_reduce_sum(torch.tensor([float(pipeline == "device")]))
+        pipeline = "device" if int(agree) == ctx.world_size else "loader"
     log.info("input pipeline: %s", pipeline)
     if pipeline == "device":
         pixels, labels = uint8_images(train_raw, spec, size, args.workers)

@@ -367,7 +367,8 @@ def apply_per_class(x: torch.Tensor, draws: ClassDraws, group: torch.Tensor) -> 
     """Apply class ``group[i]``'s draw of ``draws`` to image ``i`` of ``x [N, C, S, S]``
     (float, normalised; ``group`` ``[N]`` int64 on the CPU): the images are ordered by
     family, each family's images go through :func:`apply_draw` once (an empty one too, so
-    that the operations are the same for any batch), and one gather restores the order.
+    that the operations are nearly the same for any batch: an empty scale or rotate group
+    costs a copy instead of the warp), and one gather restores the order.
     Returns ``[N, C, S, S]``, differentiable w.r.t. ``x``. Raises as :func:`apply_draw`."""
     image_family = draws.family[group]
     order = torch.argsort(image_family, stable=True)

@@ -120,7 +120,7 @@ def icd_loss(syn: torch.Tensor, k: int) -> torch.Tensor:
         dist = torch.cdist(syn, syn)
         dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
         nearest = dist.topk(k, dim=2, largest=False).indices
-    centre = torch.gather(syn.unsqueeze(1).expand(g, n, n, -1), 2,
-                          nearest.unsqueeze(-1).expand(g, n, k, syn.shape[-1])).mean(dim=2)
+    rows = nearest + torch.arange(g, device=syn.device).view(g, 1, 1) * n  # into syn as [G * n, D]
+    centre = syn.reshape(g * n, -1)[rows].mean(dim=2)
     kl = F.kl_div(F.log_softmax(centre, dim=2), F.log_softmax(syn, dim=2), log_target=True, reduction="none")
     return -kl.sum(dim=2).mean(dim=1).sum()

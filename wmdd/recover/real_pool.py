@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from wmdd.data.datasets import DatasetSpec
+from wmdd.data.device_split import MEMORY_SHARE, free_memory
 from wmdd.data.folders import with_transform
 from wmdd.data.transforms import eval_pixels_transform, normalize
 
@@ -25,7 +26,9 @@ class RealPool:
         spec: normalisation of the dataset.
         input_size: image side in pixels.
         workers: DataLoader workers for the one decoding pass.
-        device: where the pixels are kept (and the batches returned).
+        device: where the batches are returned; the pixels are kept there too when they fit in
+            a quarter of its free memory (:data:`wmdd.data.device_split.MEMORY_SHARE`), else in
+            host memory (each batch is then gathered there and copied).
 
     Memory: ``3 S^2`` bytes per image (CIFAR-10: 15 MB per class of 5,000).
     """
@@ -46,7 +49,10 @@ class RealPool:
         by_class = [pixels[targets == c] for c in self.classes]
         self.sizes = [len(p) for p in by_class]
         self.offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
-        self.pixels = torch.cat(by_class).to(device)
+        self.device = torch.device(device)
+        self.pixels = torch.cat(by_class)
+        if self.pixels.numel() <= MEMORY_SHARE * free_memory(self.device):
+            self.pixels = self.pixels.to(self.device)
 
     def size(self, c: int) -> int:
         """Number of real images of class ``c``."""
@@ -54,10 +60,11 @@ class RealPool:
 
     def sample(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``min(n, size(c))`` distinct random images of class ``c`` (DM's ``get_images``):
-        float32 ``[n, 3, S, S]`` normalised, on the pool's device; randomness from ``generator``."""
+        float32 ``[min(n, size(c)), 3, S, S]`` normalised, on the pool's device; randomness from
+        ``generator``."""
         j = self.classes.index(c)
         pick = torch.randperm(self.sizes[j], generator=generator)[:n] + self.offsets[j]
-        return normalize(self.pixels[pick.to(self.pixels.device)], self.spec)
+        return normalize(self.pixels[pick.to(self.pixels.device)].to(self.device), self.spec)
 
     def sample_classes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
         """For every class of the pool, ``min(n, size(c))`` distinct random images (DM's
@@ -76,4 +83,4 @@ class RealPool:
         pick = keys.topk(k, dim=1, largest=False).indices + self.offsets.view(-1, 1)
         counts = sizes.clamp(max=n)
         flat = pick[torch.arange(k) < counts.view(-1, 1)]
-        return normalize(self.pixels[flat.to(self.pixels.device)], self.spec), counts.tolist()
+        return normalize(self.pixels[flat.to(self.pixels.device)].to(self.device), self.spec), counts.tolist()
