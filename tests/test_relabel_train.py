@@ -269,3 +269,16 @@ def test_view_settings_and_plan_round_trip(relabelled):
     plan = plan_epoch([(32, 32)] * 7, SoftLabels(relabelled).settings, 0, 0)
     back = EpochPlan.from_tensors(plan.to_tensors())
     assert back.num_batches == 1 and torch.equal(back.boxes, plan.boxes) and torch.equal(back.partner, plan.partner)
+
+
+def test_views_cut_from_images_held_on_the_device_train_the_same_student(relabelled, ipc5_images, cifar_root,
+                                                                       tmp_path):
+    """--input-pipeline device (the images decoded once, views cut in the training process) replays the
+    same recorded views as the DataLoader workers reading the files: the same losses and weights."""
+    for pipeline in ("loader", "device"):
+        _train(ipc5_images, relabelled, cifar_root, tmp_path / pipeline, "--input-pipeline", pipeline, epochs=2)
+    losses = [[json.loads(x)["train_loss"] for x in (tmp_path / p / "metrics.jsonl").read_text().splitlines()]
+              for p in ("loader", "device")]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    weights = [torch.load(tmp_path / p / "last.pt", weights_only=True)["model"] for p in ("loader", "device")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

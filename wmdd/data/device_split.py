@@ -70,6 +70,12 @@ def free_memory(device: torch.device) -> int:
         return 0
 
 
+def fits_on_device(tensors: torch.Tensor | list[torch.Tensor], device: torch.device) -> bool:
+    """Whether ``tensors`` (one, or a list) take at most :data:`MEMORY_SHARE` of ``device``'s free memory."""
+    tensors = tensors if isinstance(tensors, list) else [tensors]
+    return sum(t.numel() * t.element_size() for t in tensors) <= MEMORY_SHARE * free_memory(device)
+
+
 def choose_pipeline(choice: str, spec: DatasetSpec, count: int, size: int, device: torch.device) -> str:
     """Resolve ``--input-pipeline`` to ``"device"`` or ``"loader"``.
 

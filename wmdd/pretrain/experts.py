@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from wmdd.data.datasets import resolve_spec
-from wmdd.data.device_split import MEMORY_SHARE, free_memory, split_bytes, uint8_images
+from wmdd.data.device_split import fits_on_device, uint8_images
 from wmdd.data.folders import load_splits, resolve_classes, split_dir, with_transform
 from wmdd.data.transforms import eval_transform, normalize
 from wmdd.io.files import torch_load
@@ -133,7 +133,7 @@ def train_experts(args: argparse.Namespace, ctx: DistContext, out: Path, run_arg
     size = args.input_size or spec.image_size
     classes = list(train_raw.classes)
     pixels, labels = uint8_images(train_raw, spec, size, args.workers)
-    if args.input_pipeline != "loader" and split_bytes(len(pixels), size) <= MEMORY_SHARE * free_memory(ctx.device):
+    if args.input_pipeline != "loader" and fits_on_device(pixels, ctx.device):
         pixels, labels = pixels.to(ctx.device), labels.to(ctx.device)  # batches gathered on the device
     vloader = DataLoader(with_transform(val_set, eval_transform(spec, size)), batch_size=args.eval_batch_size,
                          num_workers=args.workers)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from wmdd.data.datasets import DatasetSpec
-from wmdd.data.device_split import MEMORY_SHARE, free_memory
+from wmdd.data.device_split import fits_on_device
 from wmdd.data.folders import with_transform
 from wmdd.data.transforms import eval_pixels_transform, normalize
 
@@ -51,7 +51,7 @@ class RealPool:
         self.offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
         self.device = torch.device(device)
         self.pixels = torch.cat(by_class)
-        if self.pixels.numel() <= MEMORY_SHARE * free_memory(self.device):
+        if fits_on_device(self.pixels, self.device):
             self.pixels = self.pixels.to(self.device)
 
     def size(self, c: int) -> int:

@@ -288,6 +288,8 @@ class PlannedBatches(Dataset):
         spec: normalisation.
         settings: view size and mix type.
         rank, world_size: this process's share of each batch.
+        images: the decoded images (uint8 ``[3, H, W]`` each, in ``paths`` order, on any device),
+            to cut the views from instead of reading the files (the views are then on that device).
 
     Item:
         ``{"views": float32 [n, 3, S, S], "positions": int64 [n], "own": int64 [n]
@@ -298,9 +300,9 @@ class PlannedBatches(Dataset):
     """
 
     def __init__(self, paths: list[str | Path], source, spec: DatasetSpec, settings: ViewSettings,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, images: list[torch.Tensor] | None = None):
         self.paths, self.source, self.spec, self.settings = [str(p) for p in paths], source, spec, settings
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.images = rank, world_size, images
         self._epoch: int | None = None
         self._plan: EpochPlan | None = None
         self._logits: torch.Tensor | None = None
@@ -338,12 +340,20 @@ class PlannedBatches(Dataset):
             item["views"] = torch.empty(0, 3, s, s)
             return item
         needed = sorted(set(mine.tolist()) | set(plan.partner[mine].tolist()))
-        base = {p: base_view(read_image(self.paths[int(plan.order[p])]), plan.boxes[p], bool(plan.flips[p]), s,
-                             self.spec) for p in needed}
+        image = (lambda i: self.images[i]) if self.images is not None else (lambda i: read_image(self.paths[i]))
+        base = {p: base_view(image(int(plan.order[p])), plan.boxes[p], bool(plan.flips[p]), s, self.spec)
+                for p in needed}
         own = torch.stack([base[p] for p in mine.tolist()])
         other = torch.stack([base[p] for p in plan.partner[mine].tolist()])
         item["views"] = mix_views(own, other, float(plan.lam[b]), plan.mix_boxes[b], self.settings.mix_type)
         return item
+
+
+def planned_in_process(dataset: PlannedBatches, epochs):
+    """``(epoch, batches)`` pairs over ``epochs``, each batch built in this process (for a
+    :class:`PlannedBatches` holding its images on the device: no worker processes, no files)."""
+    for epoch in epochs:
+        yield epoch, (dataset[(epoch, b)] for b in range(dataset.batches_per_epoch))
 
 
 def planned_loader(dataset: PlannedBatches, epochs, workers: int, pin_memory: bool = False):

@@ -37,7 +37,9 @@ from wmdd.runtime.training import ResumableRun, build_epoch_scheduler, build_opt
 from wmdd.train.student import StudentRun, parse_args, resolve_factor, train_epoch
 
 log = logging.getLogger("wmdd.train")
-RESUME_IGNORES = ("workers", "device", "config")
+#: Options that may change between a killed run and its resumption: they change where the work
+#: runs (and so the float rounding), not the recipe.
+RESUME_IGNORES = ("workers", "device", "config", "input_pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

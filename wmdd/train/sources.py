@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from wmdd.data.datasets import DatasetSpec, get_spec
-from wmdd.data.device_split import MEMORY_SHARE, free_memory
+from wmdd.data.device_split import fits_on_device
 from wmdd.data.folders import image_folder, with_transform
 from wmdd.data.loaders import seed_epoch, train_loader
 from wmdd.data.transforms import train_transform
@@ -36,7 +36,16 @@ from wmdd.models.teacher import teacher_sha256
 from wmdd.recover.dsa import DSAParams, augment
 from wmdd.recover.multiformation import recorded_factor, refuse_tiled
 from wmdd.relabel.soft_labels import SoftLabels
-from wmdd.relabel.views import DrawnEpochs, PlannedBatches, ViewSettings, cutmix_batch, image_sizes, planned_loader
+from wmdd.relabel.views import (
+    DrawnEpochs,
+    PlannedBatches,
+    ViewSettings,
+    cutmix_batch,
+    image_sizes,
+    planned_in_process,
+    planned_loader,
+    read_image,
+)
 from wmdd.runtime.training import derive_seed
 from wmdd.train.data import load_decoded, load_image_set, load_sample_weights, recorded_input_size, relabelled
 from wmdd.train.losses import kd_loss, mixed_cross_entropy
@@ -145,9 +154,23 @@ class PlannedViews(LabelSource):
         return DrawnEpochs(self.sizes, self.run.settings, self.args.seed)
 
     def epochs(self, start: int) -> Iterator:
-        run, ctx = self.run, self.run.ctx
-        dataset = PlannedBatches(run.images.paths, self._plans(), run.spec, run.settings, ctx.rank, ctx.world_size)
-        yield from planned_loader(dataset, range(start, self.args.epochs), self.args.workers, ctx.device.type == "cuda")
+        """``(epoch, batches)`` from ``start`` on: the views cut from the files by DataLoader workers, or,
+        with ``--input-pipeline device`` (``auto`` on CUDA when the images fit), from the images decoded
+        once and held on the device, in this process (the same views: the same crops of the same pixels)."""
+        run, ctx, args = self.run, self.run.ctx, self.args
+        images = None
+        choice = args.input_pipeline
+        if choice == "device" or (choice == "auto" and ctx.device.type == "cuda"):
+            decoded = [read_image(p) for p in run.images.paths]
+            if choice == "device" or fits_on_device(decoded, ctx.device):
+                images = [image.to(ctx.device) for image in decoded]
+        dataset = PlannedBatches(run.images.paths, self._plans(), run.spec, run.settings, ctx.rank, ctx.world_size,
+                                 images=images)
+        epochs = range(start, args.epochs)
+        if images is not None:
+            yield from planned_in_process(dataset, epochs)
+        else:
+            yield from planned_loader(dataset, epochs, args.workers, ctx.device.type == "cuda")
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor | None, int]:
         if int(batch["batch_len"]) < self.run.ctx.world_size:
@@ -220,8 +243,8 @@ class DSAImages(LabelSource):
     """``dsa`` (``--protocol dsa``/``dance``): the distilled images in memory, decoded when ``--factor``
     > 1 (:func:`wmdd.recover.multiformation.decode`: normalised ``[N * factor**2, 3, S, S]`` float32;
     S = ``--input-size``, else the size the recover run recorded, else the dataset's), on the device
-    when they fit in a quarter of its free memory (batches are then gathered, augmented and mixed
-    there), each stored image's folder label and weight repeated for its decoded images; DSA (Zhao &
+    when they fit in a quarter of its free memory and ``--input-pipeline`` is not ``loader`` (batches
+    are then gathered, augmented and mixed there), each stored image's folder label and weight repeated for its decoded images; DSA (Zhao &
     Bilen 2021) per image."""
 
     name = "dsa"
@@ -235,7 +258,7 @@ class DSAImages(LabelSource):
         check_factor(run.images.root, args.factor)
         tiles = args.factor ** 2
         self.pixels = load_decoded(run.images.paths, run.spec, run.input_size, args.factor)
-        if self.pixels.numel() * self.pixels.element_size() <= MEMORY_SHARE * free_memory(run.ctx.device):
+        if args.input_pipeline != "loader" and fits_on_device(self.pixels, run.ctx.device):
             self.pixels = self.pixels.to(run.ctx.device)  # batches gathered and augmented on the device
         self.labels = run.images.labels.repeat_interleave(tiles)
         self.dsa = DSAParams(strategy=args.dsa_strategy)

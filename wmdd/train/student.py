@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from wmdd.data.datasets import DatasetSpec, dataset_names
+from wmdd.data.device_split import INPUT_PIPELINES
 from wmdd.data.folders import image_folder, resolve_classes, split_dir
 from wmdd.data.transforms import eval_transform
 from wmdd.errors import UserError
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cos", dest="lr_scheduler", action="store_const", const="cosine",
                    help="cosine schedule (WMDD's spelling)")
     p.add_argument("--input-size", type=COUNT, help="view side in pixels (default: recorded / teacher / dataset)")
+    p.add_argument("--input-pipeline", default="auto", choices=INPUT_PIPELINES,
+                   help="the distilled images: device = decoded once and held on the device, views cut and "
+                        "mixed there in this process; loader = read from the files by DataLoader workers (FKD "
+                        "views) or held in host memory (--protocol dsa/dance); auto = device when they fit in a "
+                        "quarter of its free memory, on CUDA for the FKD views and anywhere for dsa/dance")
     add_classes_option(p)
     p.add_argument("--min-scale-crops", type=FRACTION, help="views without stored soft labels (default 0.08)")
     p.add_argument("--max-scale-crops", type=FRACTION, help="views without stored soft labels (default 1.0)")
