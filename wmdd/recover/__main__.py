@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         record_run_args(out, "recover", run_args)
         save_resolved_config(args, out / "config.yaml")
+    ctx.barrier()  # no rank writes an image before rank 0 has checked and claimed the directory
     if "barycenters" in needs:
         if ctx.is_main:
             res.barycenters = compute_barycenters(args, teacher, res.dataset, ctx, out, cls.real_per_image(args))
