@@ -19,7 +19,7 @@
 #
 # Dry run on a CPU (the test suite runs it on the committed CIFAR-10 subset):
 #   DEVICE=cpu ITERATIONS=2 EPOCHS=1 BENCH_ITERS=1 ROUNDS=1 BENCH_IPC=2 BATCH_REAL=4 SIZE=32 \
-#     PRETRAIN_PER_CLASS=8 STUDENT_IPC=4 OP_METHODS=dm TIME_SCALE=20 WORKERS=0 PIPELINE=device \
+#     PRETRAIN_PER_CLASS=8 STUDENT_IPC=4 OP_METHODS= TIME_SCALE=20 WORKERS=0 PIPELINE=device \
 #     benchmarks/gpu_check.sh ARCHIVE OUT_DIR
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,7 +38,7 @@ BATCH_REAL="${BATCH_REAL:-256}"    # DM's real images per class and iteration (D
 SIZE="${SIZE:-224}"                # image side of steps 3-4
 PRETRAIN_PER_CLASS="${PRETRAIN_PER_CLASS:-500}"  # real images per class in a pretrain round (step 4)
 STUDENT_IPC="${STUDENT_IPC:-50}"   # the student's set in step 4: a real subset of IPC images per class
-OP_METHODS="${OP_METHODS:-wmdd dm ddm dance}"  # methods of step 1
+OP_METHODS="${OP_METHODS-wmdd dm ddm dance}"  # methods of step 1 (empty: skip it; the suite counts them itself)
 TIME_SCALE="${TIME_SCALE:-1}"      # multiplies every time limit (the dry run on a busy CPU)
 DEADLINE="${DEADLINE:-480}"        # seconds for the whole script (8 min): a step gets at most what is left of it
 WORKERS="${WORKERS:-8}"            # DataLoader workers of steps 2 and 4
@@ -66,7 +66,7 @@ if [[ "$DEVICE" == cuda ]]; then nvidia-smi --query-gpu=name,memory.total,driver
 step extract 60 "$PYTHON" -m wmdd prepare extract "$ARCHIVE" "$DATA"
 step subset 30 "$PYTHON" -m wmdd prepare extract "$ARCHIVE" "$OUT/cifar10-ipc$STUDENT_IPC" \
   --train-per-class "$STUDENT_IPC" --val-per-class 10
-step op_counts 60 "$PYTHON" -m benchmarks.op_counts --methods $OP_METHODS
+if [[ -n "$OP_METHODS" ]]; then step op_counts 60 "$PYTHON" -m benchmarks.op_counts --methods $OP_METHODS; fi
 step experts 60 "$PYTHON" -m wmdd pretrain --experts 2 --dataset cifar10 --data-path "$DATA" --epochs 1 \
   --lr-scheduler none --workers "$WORKERS" --device "$DEVICE" --output-dir "$OUT/experts"
 step dm_ddm 45 "$PYTHON" -m benchmarks.dm_overhead --methods dm ddm --ipc "$BENCH_IPC" --batch-real "$BATCH_REAL" \
