@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 
 from wmdd.data.datasets import SMALL_STEM_MAX_SIZE, DatasetSpec
@@ -39,10 +38,12 @@ INPUT_PIPELINES = ("auto", "device", "loader")
 MEMORY_SHARE = 0.25
 
 
-def uint8_images(dataset, spec: DatasetSpec, size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split in the evaluation geometry: ``(uint8 [N, 3, S, S], int64 [N])`` on the CPU."""
-    loader = DataLoader(with_transform(dataset, eval_pixels_transform(spec, size)), batch_size=500,
-                        num_workers=workers)
+def uint8_images(dataset, spec: DatasetSpec, size: int, workers: int,
+                 index: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split (or its images at ``index``) in the evaluation geometry, decoded in one
+    DataLoader pass: ``(uint8 [N, 3, S, S], int64 [N])`` on the CPU, in dataset order."""
+    pixels = with_transform(dataset, eval_pixels_transform(spec, size))
+    loader = DataLoader(pixels if index is None else Subset(pixels, index), batch_size=500, num_workers=workers)
     images, labels = zip(*loader)
     return torch.cat(images), torch.cat(labels)
 
@@ -53,17 +54,11 @@ def split_bytes(count: int, size: int) -> int:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: CUDA's free memory; on the CPU the RAM Linux reports available
-    (``MemAvailable`` in ``/proc/meminfo``), else the free physical pages ``sysconf`` gives, else
-    0 where neither exists (nothing is then held in host memory beyond what a stage needs anyway)."""
+    """Bytes free on ``device``: CUDA's free memory; on the CPU the free physical pages the OS
+    reports (``sysconf``; less than what page-cache reclaim would make available, so the test
+    errs on keeping data where it was), or 0 where ``sysconf`` does not report them."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):

@@ -6,13 +6,11 @@ classes."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from wmdd.data.datasets import DatasetSpec
-from wmdd.data.device_split import fits_on_device
-from wmdd.data.folders import with_transform
-from wmdd.data.transforms import eval_pixels_transform, normalize
+from wmdd.data.device_split import fits_on_device, uint8_images
+from wmdd.data.transforms import normalize
 
 
 class RealPool:
@@ -39,13 +37,7 @@ class RealPool:
         self.classes = list(classes)
         wanted = set(classes)
         index = [i for i, t in enumerate(dataset.targets) if t in wanted]
-        loader = DataLoader(Subset(with_transform(dataset, eval_pixels_transform(spec, input_size)), index),
-                            batch_size=500, num_workers=workers)
-        images, labels = [], []
-        for x, y in loader:
-            images.append(x)
-            labels.append(y)
-        pixels, targets = torch.cat(images), torch.cat(labels)
+        pixels, targets = uint8_images(dataset, spec, input_size, workers, index)
         by_class = [pixels[targets == c] for c in self.classes]
         self.sizes = [len(p) for p in by_class]
         self.offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
