@@ -194,6 +194,18 @@ def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_i
     assert note in proc.stdout
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--teacher", "/nonexistent", "-p"], "--teacher /nonexistent uses an existing teacher and -p pretrains one"),
+    (["--teacher", "/nonexistent"], "--teacher /nonexistent: no manifest.json there; give the output directory"),
+    (["--config", "/nonexistent.yaml"], "--config /nonexistent.yaml: no such file"),
+])
+def test_teacher_and_config_options_are_checked_before_anything_runs(cifar_root, tmp_path, flags, message):
+    proc = run_sh("run.sh", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs", *flags,
+                  check=False)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_what_recover_needs_is_checked_before_the_teacher_is_trained(cifar_root, tmp_path):
     """Without -g, IPC 10 of wmdd (factor 2: 40 real images per class to start from) on the
     20-per-class data is refused before pretrain starts, with the IPC that fits."""

@@ -19,6 +19,7 @@ COMMANDS = {
     "relabel": ("wmdd.relabel.__main__", [], "stage 3: FKD soft labels of every student epoch's views"),
     "train": ("wmdd.train.__main__", [], "stage 4: train a student on the distilled images, evaluate it"),
     "run": ("wmdd.run", [], "the whole pipeline with WMDD's run.sh flags (-x -y -d -c -p -n -w -b ...)"),
+    "tune": ("wmdd.tune.__main__", [], "choose a recover recipe on a split held out from train (Optuna study)"),
     "demo": ("wmdd.run", ["--demo"], "digits: WMDD beside both random-real baselines (~10 min on 2 CPU cores)"),
     "run-pseudo": ("wmdd.run_pseudo", [], "a student on a full real split with labels from a pseudo-label CSV"),
     "prepare": ("wmdd.data.prepare", [], "datasets as shipped (archives, CIFAR download, Tiny-ImageNet, digits)"),

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=COUNT, metavar="PX", help="input side [the dataset's native size]")
     p.add_argument("--classes", metavar="N|FILE", help="class subset for every stage [all; -g: the first 10]")
     p.add_argument("--teacher-epochs", type=COUNT, metavar="N", help="pretrain epochs [preset]")
+    p.add_argument("--teacher", metavar="DIR",
+                   help="an existing teacher (a wmdd pretrain output directory) instead of "
+                        "OUT/teachers/<dataset>_<model>/<-y ID>; not with -p")
+    p.add_argument("--config", metavar="YAML",
+                   help="preset for every stage instead of the dataset's wmdd/configs/<dataset>.yaml, e.g. the "
+                        "preset.yaml that wmdd tune writes")
     p.add_argument("--batch-size", type=COUNT, metavar="N",
                    help="relabel/train batch size [min(100, distilled images)]")
     for stage in STAGES:
@@ -127,10 +133,14 @@ class Plan:
     config: list[str]
     subset: list[str]
     extra: dict[str, list[str]] = field(default_factory=dict)
+    teacher: Path | None = None
 
     @property
     def teacher_dir(self) -> Path:
-        """``<out>/teachers/<dataset>_<teacher model>/<teacher id>``, shared by every experiment."""
+        """``--teacher``, else ``<out>/teachers/<dataset>_<teacher model>/<teacher id>``, shared by every
+        experiment."""
+        if self.teacher is not None:
+            return self.teacher
         return self.out / "teachers" / f"{self.args.dataset}_{self.args.teacher_model}" / self.args.teacher_id
 
     def exp_dir(self, name: str) -> Path:
@@ -231,7 +241,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     """Resolve paths, device, launcher and presets; prepare the digits for ``--demo``.
 
     Raises:
-        UserError: no ``-r`` (outside the demo), or the dataset folder does not exist.
+        UserError: no ``-r`` (outside the demo), the dataset folder or the ``--config`` file does not
+            exist, or ``--teacher`` with ``-p``.
     """
     out = _absolute(args.out)
     if args.demo:
@@ -265,9 +276,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
             launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                       f"--nproc_per_node={len(args.gpus)}", "-m"]
     preset = CONFIGS / f"{args.dataset}.yaml"
+    if args.config:
+        preset = _absolute(args.config)
+        if not preset.is_file():
+            raise UserError(f"--config {args.config}: no such file; give a YAML preset (wmdd/configs/*.yaml or the "
+                            "preset.yaml of wmdd tune)")
+    teacher = _absolute(args.teacher)
+    if teacher is not None and (args.pretrain or args.demo):
+        raise UserError(f"--teacher {args.teacher} uses an existing teacher and {'--demo' if args.demo else '-p'} "
+                        "pretrains one: give one of them")
     extra = {s: shlex.split(getattr(args, f"{s}_args")) for s in STAGES}
     return Plan(args, data, out, launch, env, ["--config", str(preset)] if preset.is_file() else [],
-                ["--classes", classes] if classes else [], extra)
+                ["--classes", classes] if classes else [], extra, teacher)
 
 
 @dataclass
@@ -361,6 +381,9 @@ def check_experiment(plan: Plan, exp: Experiment, pretrain: bool) -> None:
             raise UserError(f"--{name}-args {shlex.join(extra)}: {why}; drop it")
     needs_teacher = plan.args.protocol == "fkd" or _needs_teacher(exp.method)
     if not pretrain and needs_teacher and not (plan.teacher_dir / "manifest.json").is_file():
+        if plan.teacher is not None:
+            raise UserError(f"--teacher {plan.teacher}: no manifest.json there; give the output directory of a "
+                            "finished wmdd pretrain")
         raise UserError(f"teacher {plan.teacher_dir} not found; add -p to pretrain it")
     for name, (argv, _) in stages.items():
         argv = _with_batch(argv, 100) if name in ("relabel", "train") else argv
@@ -411,9 +434,18 @@ DEMO = [Experiment("demo-wmdd", "wmdd", True, True), Experiment("demo-random-rea
         Experiment("demo-random-real-f2", "random-real", False, False, ["--factor", "2"])]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``wmdd run``: one experiment, or the demo's three and their fair-score tables."""
-    args = build_parser().parse_args(joined_stage_args(sys.argv[1:] if argv is None else argv))
+def prepare(argv: list[str]) -> tuple[Plan, list[tuple[Experiment, bool]]]:
+    """Parse ``wmdd run``'s arguments and check every stage's arguments of every experiment
+    (nothing is written, except the demo's digits).
+
+    Returns:
+        The plan and the experiments, each with whether it pretrains the teacher.
+
+    Raises:
+        UserError: as :func:`make_plan` and :func:`check_experiment`.
+        SystemExit: argparse refused an option (its one-line message is printed).
+    """
+    args = build_parser().parse_args(joined_stage_args(argv))
     plan = make_plan(args)
     if args.demo:
         runs = [(exp, i == 0) for i, exp in enumerate(DEMO)]
@@ -421,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(Experiment(args.exp, args.method, args.per_class_bn, args.wb), args.pretrain)]
     for exp, pretrain in runs:
         check_experiment(plan, exp, pretrain or any(p for _, p in runs))
+    return plan, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``wmdd run``: one experiment, or the demo's three and their fair-score tables."""
+    plan, runs = prepare(sys.argv[1:] if argv is None else argv)
+    args = plan.args
     for exp, pretrain in runs:
         run_experiment(plan, exp, pretrain)
     if args.demo:
