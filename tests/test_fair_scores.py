@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_module
+from wmdd.errors import UserError
 from wmdd.tools.fair_scores import collect, fair_table, from_results_csv, paired_differences
 from wmdd.tools.plot_results import improvements
 from wmdd.tools.summarize_run import format_summary
@@ -174,3 +175,22 @@ def test_summary_names_decoded_training_images():
            "train_dir": "runs/cifar10/x/train", "train_s": 1.0}
     assert "(3 epochs on 80 images decoded from 20 stored)" in format_summary(row)
     assert "(3 epochs on 20 images)" in format_summary({**row, "training_images": 20})
+
+
+@pytest.mark.parametrize("top1, outcome", [
+    ({"w": 92.5, "r": 90.0, "f2": 92.0}, "stronger baseline: f2 (92.00 %; r 90.00 %); w (92.50 %) beats both "
+                                         "baselines, the stronger by +0.50 points"),
+    ({"w": 91.94, "r": 92.22, "f2": 90.28}, "stronger baseline: r (92.22 %; f2 90.28 %); w (91.94 %) does not beat "
+                                            "the stronger baseline (-0.28 points)"),
+])
+def test_verdict_names_the_stronger_baseline(tmp_path, top1, outcome):
+    from wmdd.tools.summarize_run import COLUMNS, verdict
+
+    rows = pd.DataFrame([{**dict.fromkeys(COLUMNS, 1), "experiment": name, "top1": value}
+                         for name, value in top1.items()])[COLUMNS]
+    rows.to_csv(tmp_path / "results.csv", index=False)
+    assert verdict(tmp_path / "results.csv", "w", ["r", "f2"]) == outcome
+    rows.loc[rows["experiment"] == "f2", "seed"] = 2
+    rows.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(UserError, match="w and f2 are not comparable \\(seed 1 vs 2\\)"):
+        verdict(tmp_path / "results.csv", "w", ["r", "f2"])

@@ -280,4 +280,9 @@ def test_demo_runs_wmdd_beside_both_random_baselines_and_prints_the_fair_scores(
         wmdd = next(x for x in table.splitlines() if x.startswith("demo-wmdd "))
         diff = rows.loc["demo-wmdd", "top1"] - rows.loc[baseline, "top1"]
         assert wmdd.endswith(f"%  {diff:+.2f}"), wmdd
+    stronger = max(("demo-random-real", "demo-random-real-f2"), key=lambda n: rows.loc[n, "top1"])
+    margin = rows.loc["demo-wmdd", "top1"] - rows.loc[stronger, "top1"]
+    verdict = next(x for x in proc.stdout.splitlines() if x.startswith("stronger baseline: "))
+    assert verdict.startswith(f"stronger baseline: {stronger} ({rows.loc[stronger, 'top1']:.2f} %")
+    assert verdict.endswith(f"the stronger by {margin:+.2f} points" if margin > 0 else f"({margin:+.2f} points)")
     assert (tmp_path / "digits" / "demo-wmdd" / "recover" / "grid.png").is_file()

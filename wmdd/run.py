@@ -471,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 print("warning: no fair-score table (see the error above); the runs are complete", file=sys.stderr)
             print(flush=True)
+        code = run_module("wmdd.tools.summarize_run", ["verdict", "--results-csv", str(plan.out / "results.csv"),
+                                                       "--candidate", names[0], *names[1:]], plan.env)
+        if code != 0:
+            print("warning: no verdict (see the error above); the runs are complete", file=sys.stderr)
         print(f"synthetic images: {plan.exp_dir(DEMO[0].name) / 'recover' / 'grid.png'}")
     return 0
 

@@ -206,6 +206,36 @@ def comparison_table(csv: Path, experiments: list[str], baseline: str | None = N
     return "\n".join(lines)
 
 
+def verdict(csv: Path, candidate: str, baselines: list[str]) -> str:
+    """One line naming the stronger of ``baselines`` (highest student top-1 in its last row of
+    ``csv``) and whether ``candidate`` beats every baseline, with its margin to the stronger.
+
+    Raises:
+        UserError: as :func:`comparison_table` (a missing file or row), or rows not comparable
+            (a setting of :data:`FAIR_KEYS` differs).
+    """
+    table = read_results(csv)
+    if table is None:
+        raise UserError(f"{csv}: no results file; run the experiments first")
+    rows = {}
+    for name in [candidate, *baselines]:
+        found = table[table["experiment"] == name]
+        if found.empty:
+            raise UserError(f"{csv}: no row for experiment {name!r}; run it first")
+        rows[name] = found.iloc[-1]
+    for name in baselines:
+        diff = fair_difference(rows[candidate], rows[name])
+        if diff.startswith("n/a"):
+            raise UserError(f"{csv}: {candidate} and {name} are not comparable ({diff[5:]}); rerun them alike")
+    stronger = max(baselines, key=lambda n: rows[n]["top1"])
+    margin = rows[candidate]["top1"] - rows[stronger]["top1"]
+    others = ", ".join(f"{n} {rows[n]['top1']:.2f} %" for n in baselines if n != stronger)
+    outcome = (f"beats both baselines, the stronger by {margin:+.2f} points" if margin > 0 else
+               f"does not beat the stronger baseline ({margin:+.2f} points)")
+    return (f"stronger baseline: {stronger} ({rows[stronger]['top1']:.2f} %; {others}); {candidate} "
+            f"({rows[candidate]['top1']:.2f} %) {outcome}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = StageParser(prog="wmdd summarize", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,9 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--baseline", metavar="EXPERIMENT",
                    help="also print each experiment's top-1 minus this experiment's (e.g. demo-random-real)")
     t.add_argument("experiments", nargs="+")
+    v = sub.add_parser("verdict", help="the stronger of the baselines, and whether an experiment beats them all")
+    v.add_argument("--results-csv", required=True, type=Path)
+    v.add_argument("--candidate", required=True, metavar="EXPERIMENT")
+    v.add_argument("baselines", nargs="+", metavar="BASELINE")
     args = p.parse_args(argv)
     if args.command == "table":
         print(comparison_table(args.results_csv, args.experiments, args.baseline))
+        return 0
+    if args.command == "verdict":
+        print(verdict(args.results_csv, args.candidate, args.baselines))
         return 0
     read_results(args.results_csv)  # a file that cannot take the row is refused before anything else
     timings = {k: float(v) for k, v in (t.split("=", 1) for t in args.time)}
