@@ -178,10 +178,10 @@ def test_summary_names_decoded_training_images():
 
 
 @pytest.mark.parametrize("top1, outcome", [
-    ({"w": 92.5, "r": 90.0, "f2": 92.0}, "stronger baseline: f2 (92.00 %; r 90.00 %); w (92.50 %) beats both "
-                                         "baselines, the stronger by +0.50 points"),
-    ({"w": 91.94, "r": 92.22, "f2": 90.28}, "stronger baseline: r (92.22 %; f2 90.28 %); w (91.94 %) does not beat "
-                                            "the stronger baseline (-0.28 points)"),
+    ({"w": 92.5, "r": 90.0, "f2": 92.0},
+     "stronger baseline: f2 (92.00 %; r 90.00 %); w (92.50 %) beats both baselines, the stronger by +0.50 points"),
+    ({"w": 91.94, "r": 92.22, "f2": 90.28},
+     "stronger baseline: r (92.22 %; f2 90.28 %); w (91.94 %) does not beat the stronger baseline (-0.28 points)"),
 ])
 def test_verdict_names_the_stronger_baseline(tmp_path, top1, outcome):
     from wmdd.tools.summarize_run import COLUMNS, verdict
