@@ -12,10 +12,12 @@ device (no input pipeline at all). Targets: ratio >= 0.9 on the CPU (32 px, Data
 
     python -m benchmarks.pretrain_throughput [--model resnet18] [--batch-size 32] [--input-size 32]
         [--images-per-class 64] [--rounds 3] [--device auto] [--amp] [--channels-last]
-        [--input-pipeline auto|device|loader] [--data-path DIR]
+        [--input-pipeline auto|device|loader] [--dataset cifar10|imagenette] [--data-path DIR]
 
-``--data-path`` is a CIFAR-10 ImageFolder root (default: a 64-per-class subset of the full
-archive, extracted under ``.cache/``).
+``--data-path`` is an ImageFolder root of ``--dataset`` (default: a 64-per-class subset of the
+full archive, extracted under ``.cache/``). CIFAR-10 resized to 224 px exercises the small-image
+augmentation (padded crop) at that size; ``--dataset imagenette`` the random-resized crops of
+large images (on the device: cut from the held 256-px centre square by ``roi_align``).
 """
 
 from __future__ import annotations
@@ -66,12 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast in both loops")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs in both loops")
     p.add_argument("--input-pipeline", default="auto", choices=["auto", "device", "loader"])
-    p.add_argument("--data-path", help="CIFAR-10 ImageFolder root (default: the cached subset)")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "imagenette"])
+    p.add_argument("--data-path", help="ImageFolder root of --dataset (default: the cached subset)")
     args = p.parse_args(argv)
     args.seed = 0
 
-    root = args.data_path or cached_dataset("cifar10", args.images_per_class, 10)
-    spec = get_spec("cifar10")
+    root = args.data_path or cached_dataset(args.dataset, args.images_per_class, 10)
+    spec = get_spec(args.dataset)
     device = resolve_device(args.device)
     ctx = DistContext(0, 1, 0, device)
     train_raw, _ = load_splits(root, train_per_class=args.images_per_class, val_per_class=1)
@@ -103,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         bare.append(bare_loop(model, optimizer, x, y, steps, args.amp))
     ours_ips, bare_ips = n / min(ours), steps * args.batch_size / min(bare)
     pipeline = "device split" if isinstance(batches, DeviceSplit) else f"DataLoader, {args.workers} workers"
-    print(f"model {args.model}  batch {args.batch_size}  {args.input_size} px  {n} real CIFAR-10 images per round "
-          f"({pipeline}), {device}, amp={args.amp}, channels_last={args.channels_last}, "
+    print(f"model {args.model}  batch {args.batch_size}  {args.input_size} px  {n} real {args.dataset} images per "
+          f"round ({pipeline}), {device}, amp={args.amp}, channels_last={args.channels_last}, "
           f"{torch.get_num_threads()} threads, best of {args.rounds} rounds")
     print(f"pretrain loop: {ours_ips:8.1f} images/s")
     print(f"bare loop:     {bare_ips:8.1f} images/s  (synthetic batch on the device)")

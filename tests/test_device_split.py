@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
+from torchvision.transforms import v2
 
 from wmdd.data import device_split
 from wmdd.data.datasets import get_spec
 from wmdd.data.device_split import DeviceSplit, choose_pipeline, uint8_images
 from wmdd.data.folders import image_folder, split_dir
-from wmdd.data.transforms import normalize
+from wmdd.data.transforms import crop_resize, holding_size, normalize, random_resized_boxes
 from wmdd.errors import UserError
 from wmdd.runtime.distributed import DistContext
 
@@ -89,7 +90,59 @@ def test_pipeline_choice(split, monkeypatch):
     assert choose_pipeline("auto", spec, 50_000, 32, CPU) == "loader"
     assert choose_pipeline("device", spec, 50_000, 32, CPU) == "device"
     assert choose_pipeline("loader", spec, 50_000, 32, CPU) == "loader"
-    with pytest.raises(UserError, match="random-resized crops.*--input-pipeline loader"):
-        choose_pipeline("device", get_spec("imagenette"), 9_469, 224, CPU)
+    nette = get_spec("imagenette")  # held at 256 px for 224-px crops: 9,469 x 3 x 256^2 bytes = 1.7 GiB
+    assert choose_pipeline("device", nette, 9_469, 224, CPU) == "device"
+    monkeypatch.setattr(device_split, "free_memory", lambda device: 2 ** 30)
+    with pytest.raises(UserError, match="takes 1.7 GiB as uint8, cpu has 1.0 GiB free"):
+        choose_pipeline("device", nette, 9_469, 224, CPU)
     with pytest.raises(UserError, match="GiB free; use --input-pipeline loader"):
-        choose_pipeline("device", spec, 10 ** 12, 224, CPU)
+        choose_pipeline("device", spec, 10 ** 12, 32, CPU)
+
+
+def test_random_resized_boxes_follow_torchvision_distribution():
+    """Bounds, area and aspect of every box, and the mean area and aspect against
+    ``v2.RandomResizedCrop.get_params`` drawn in the same run (20,000 each: a standard error
+    of about 0.002 on the mean area fraction)."""
+    side, n = 64, 20_000
+    boxes = random_resized_boxes(n, side, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert boxes.min() >= 0 and boxes[:, 2:].max() <= side and (w >= 1).all() and (h >= 1).all()
+    assert torch.equal(boxes, boxes.round())
+    area = w * h / side ** 2
+    assert area.min() >= 0.07 and area.max() <= 1  # 0.08-1 before rounding the sides to pixels
+    torch.manual_seed(1)
+    ref = torch.tensor([v2.RandomResizedCrop.get_params(torch.zeros(3, side, side), [0.08, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(n)], dtype=torch.float32)  # (top, left, h, w)
+    assert abs(area.mean() - (ref[:, 2] * ref[:, 3] / side ** 2).mean()) < 0.01
+    assert abs((w / h).mean() - (ref[:, 3] / ref[:, 2]).mean()) < 0.01
+    assert abs((boxes[:, 0] / (side - w).clamp(min=1)).mean() - 0.5) < 0.02  # uniform position
+
+
+def test_crop_resize_is_an_area_average_of_each_box():
+    x = torch.rand(4, 3, 64, 64)
+    boxes = torch.tensor([[0, 0, 64, 64], [8, 16, 40, 48], [0, 0, 16, 16], [32, 16, 64, 48]], dtype=torch.float32)
+    out = crop_resize(x, boxes, 16)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        ref = torch.nn.functional.avg_pool2d(x[i:i + 1, :, y1:y2, x1:x2], (x2 - x1) // 16)[0]
+        torch.testing.assert_close(out[i], ref, atol=1e-6, rtol=0)
+
+
+def test_large_images_are_random_resized_crops_of_the_held_square(cifar_root):
+    """Imagenette's recipe on real images held at 64 px, cropped to 32 px: every image once per
+    epoch with its label, values inside [0, 1] after undoing the normalisation, a seeded epoch,
+    and crops that are not just the resized image."""
+    spec = get_spec("imagenette")
+    folder = image_folder(split_dir(cifar_root, "train"))
+    assert holding_size(spec, 32) == 64
+    pixels, labels = uint8_images(folder, spec, 32, 0, hold=True)
+    assert pixels.shape == (200, 3, 64, 64) and pixels.dtype == torch.uint8
+    data = DeviceSplit(pixels, labels, spec, batch_size=48, seed=3, ctx=DistContext(0, 1, 0, CPU), size=32)
+    data.set_epoch(1)
+    batches = list(data)
+    x = torch.cat([b[0] for b in batches])
+    assert x.shape == (200, 3, 32, 32) and sorted(torch.cat([b[1] for b in batches]).tolist()) == sorted(labels.tolist())
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert (x * std + mean).min() >= -1e-5 and (x * std + mean).max() <= 1 + 1e-5
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, list(data)))
+    resized = normalize(torch.nn.functional.interpolate(pixels.float(), size=32, mode="area").round().byte(), spec)
+    assert not any(torch.allclose(x[i], resized[j], atol=0.05) for i in range(5) for j in range(200))

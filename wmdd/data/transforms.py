@@ -14,7 +14,10 @@ do the same.
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from wmdd.data.datasets import SMALL_STEM_MAX_SIZE, DatasetSpec
@@ -62,6 +65,73 @@ def eval_pixels_transform(spec: DatasetSpec, size: int) -> v2.Compose:
     """:func:`eval_transform` without the normalisation: ``[3, size, size]`` uint8
     tensors (a quarter of the memory; :func:`normalize` finishes the job)."""
     return v2.Compose(_eval_geometry(spec, size) + [v2.ToImage()])
+
+
+def holding_size(spec: DatasetSpec, size: int) -> int:
+    """Side (pixels) at which a device-held train split keeps its images: ``size`` for datasets
+    of at most 64 px (their augmentation starts from the resized image); for larger ones the
+    random-resized crops are cut from a square of ``max(round(size * 256 / 224), min(native,
+    2 * size))`` pixels (Imagenette at 224 px: 256; at 32 px: 64), so that a crop of a tenth of
+    the image still has about as many source pixels as the output."""
+    if spec.image_size <= SMALL_STEM_MAX_SIZE:
+        return size
+    return max(round(size * 256 / 224), min(spec.image_size, 2 * size))
+
+
+def holding_pixels_transform(spec: DatasetSpec, size: int) -> v2.Compose:
+    """PIL image -> uint8 ``[3, S, S]`` with ``S = holding_size(spec, size)``: datasets of at most
+    64 px resized to ``size x size`` (as :func:`train_transform` first does); larger ones resized
+    (shorter side ``S``) and centre-cropped to ``S x S``, the square the device's random-resized
+    crops are drawn from (the loader draws them from the whole image: the device split leaves out
+    the ends of the longer side, 12.5 % of each end of a 4:3 image)."""
+    hold = holding_size(spec, size)
+    if spec.image_size <= SMALL_STEM_MAX_SIZE:
+        return eval_pixels_transform(spec, size)
+    return v2.Compose([v2.Resize(hold, antialias=True), v2.CenterCrop(hold), v2.ToImage()])
+
+
+def random_resized_boxes(count: int, side: int, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                         ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """``count`` boxes of ``v2.RandomResizedCrop``'s distribution on a ``side x side`` image,
+    drawn for all images at once: per image up to ``attempts`` (area, aspect ratio) draws, the
+    first whose integer width and height fit is kept, else the whole image (torchvision's
+    fallback for a square image), then a uniform integer position.
+
+    Returns:
+        float32 ``[count, 4]``: ``(x1, y1, x2, y2)`` in pixels (``x2 - x1`` the width), on the CPU.
+    """
+    area = side * side * torch.empty(count, attempts).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(count, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.round(torch.sqrt(area * aspect))
+    h = torch.round(torch.sqrt(area / aspect))
+    ok = (w > 0) & (w <= side) & (h > 0) & (h <= side)
+    first = torch.where(ok.any(1), ok.int().argmax(1), -1)
+    rows = torch.arange(count)
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], float(side))
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], float(side))
+    u = torch.rand(count, 2, generator=generator)
+    x1 = torch.floor(u[:, 0] * (side - w + 1))
+    y1 = torch.floor(u[:, 1] * (side - h + 1))
+    return torch.stack([x1, y1, x1 + w, y1 + h], 1)
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop box i of image i and resize it to ``size x size``, for the whole batch in one
+    ``torchvision.ops.roi_align`` (bilinear samples averaged over each output pixel's area,
+    ``ceil(box side / size)`` samples per axis: an area average when downsampling).
+
+    Args:
+        x: float ``[N, C, H, W]``.
+        boxes: float ``[N, 4]`` ``(x1, y1, x2, y2)`` in pixels of ``x``, on ``x``'s device.
+        size: output side in pixels.
+
+    Returns:
+        ``[N, C, size, size]``, ``x``'s dtype.
+    """
+    index = torch.arange(len(x), device=x.device, dtype=x.dtype).view(-1, 1)
+    return roi_align(x, torch.cat([index, boxes.to(x.dtype)], 1), output_size=size, spatial_scale=1.0,
+                     sampling_ratio=-1, aligned=True)
 
 
 def normalize(pixels: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:

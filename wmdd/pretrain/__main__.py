@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=COUNT, default=256,
                    help="batch size of evaluation and of the statistics pass")
     p.add_argument("--input-pipeline", default="auto", choices=INPUT_PIPELINES,
-                   help="device: the train split held on the device as uint8 and augmented there (datasets of at "
-                        "most 64 px); loader: DataLoader worker processes; auto: device on CUDA when the split "
+                   help="device: the train split held on the device as uint8 and augmented there (above 64 px: "
+                        "random-resized crops of its centre square); loader: DataLoader worker processes; auto: "
+                        "device on CUDA when the split "
                         "fits in a quarter of the free memory, else loader (with --experts: the in-memory split is "
                         "moved to the device unless loader)")
     p.add_argument("--stats-only", action="store_true",
@@ -138,8 +139,8 @@ def train_batches(args, train_raw, spec, size: int, ctx: DistContext) -> DataLoa
         pipeline = "device" if int(agree) == ctx.world_size else "loader"
     log.info("input pipeline: %s", pipeline)
     if pipeline == "device":
-        pixels, labels = uint8_images(train_raw, spec, size, args.workers)
-        return DeviceSplit(pixels, labels, spec, batch_size=args.batch_size, seed=args.seed, ctx=ctx)
+        pixels, labels = uint8_images(train_raw, spec, size, args.workers, hold=True)
+        return DeviceSplit(pixels, labels, spec, batch_size=args.batch_size, seed=args.seed, ctx=ctx, size=size)
     return train_loader(with_transform(train_raw, train_transform(spec, size)), batch_size=args.batch_size,
                         workers=args.workers, seed=args.seed, ctx=ctx)
 
