@@ -22,6 +22,7 @@ for name in "${NAMES[@]}"; do
   esac
   "$PYTHON" -c "from benchmarks.data import cached_dataset; cached_dataset('$name')"
   # SGD momentum 0.9, cosine schedule, padded random crop + flip (CIFAR-10) or random-resized crop + flip
+  # (Imagenette), the split held in memory and augmented in the training process (no decoding workers)
   "$PYTHON" -m wmdd.pretrain --dataset "$name" --data-path ".cache/$name" --model convnet \
-      --batch-size 64 --lr 0.05 --wd 5e-4 "${flags[@]}"
+      --batch-size 64 --lr 0.05 --wd 5e-4 --input-pipeline device "${flags[@]}"
 done
