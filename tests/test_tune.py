@@ -3,6 +3,7 @@ committed CIFAR-10 subset that is killed, resumed and never reads the test split
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -20,8 +21,8 @@ from wmdd.data.folders import load_image
 from wmdd.data.holdout import holdout_split, write_holdout_root
 from wmdd.errors import UserError
 from wmdd.tune.preset import load_sectioned, tuned_preset, write_preset
-from wmdd.tune.space import Param, parse_param, trial_argv
-from wmdd.tune.study import RETRY_OF, open_study, run_name
+from wmdd.tune.space import Param, parse_param, recipe_values, trial_argv
+from wmdd.tune.study import OWN_RECIPE, RETRY_OF, enqueue_own_recipe, open_study, own_recipe_trial, run_name
 
 
 def test_holdout_split_is_seeded_disjoint_and_sized_per_class():
@@ -115,6 +116,25 @@ def test_a_study_resumed_with_other_settings_is_refused(tmp_path):
         open_study(storage, "s", {"ipc": 50, "space": ["lr=0.01:0.1:log"]}, seed=0)
 
 
+def test_the_own_recipe_is_the_first_trial_of_a_new_study_only(tmp_path):
+    space = {"lr": Param("lr", "log", 0.01, 0.25), "iterations": Param("iterations", "intlog", 50, 400),
+             "factor": Param("factor", "choice", choices=(1, 2))}
+    own = recipe_values(argparse.Namespace(lr=0.05, iterations=200, factor=None), space)
+    assert own == {"lr": 0.05, "iterations": 200, "factor": 1}  # an unset factor is 1
+    assert recipe_values(argparse.Namespace(lr=0.5, iterations=200, factor=2), space) is None  # lr outside
+    assert not Param("iterations", "int", 1, 9).contains(2.5) and Param("lr", "log", 0.1, 1).contains(0.1)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", {"ipc": 10}, seed=0)
+    assert enqueue_own_recipe(study, own)
+    trial = study.ask({name: p.distribution() for name, p in space.items()})
+    assert trial.params == own and trial.user_attrs[OWN_RECIPE]
+    study.tell(trial, 41.5)
+    assert not enqueue_own_recipe(study, own)  # a study with trials is not given it again
+    other = study.ask({name: p.distribution() for name, p in space.items()})
+    assert OWN_RECIPE not in other.user_attrs
+    study.tell(other, 45.0)
+    assert own_recipe_trial(study).number == 0 and own_recipe_trial(study).value == 41.5
+
+
 def _tune_argv(root, teacher, out) -> list[str]:
     # 2 trials of 2-3 recover iterations, IPC 1, 1 relabel/student epoch, 3 of 20 train images per class held out
     return ["-m", "wmdd", "tune", "-r", str(root), "--teacher", str(teacher), "--out", str(out), "-c", "1",
@@ -144,6 +164,7 @@ def test_study_killed_and_resumed_writes_a_preset_and_never_reads_the_test_split
 
     done = run_module("wmdd", *_tune_argv(root, tiny_teacher, out)[2:], env={"OMP_NUM_THREADS": "1"}, process=True)
     assert "trial 1 was interrupted: running its recipe again" in done.stdout
+    assert "own recipe lies outside the searched ranges" in done.stdout  # iterations 200 is not in 2:3
     trials = optuna.load_study(study_name="wmdd-tune", storage=f"sqlite:///{out / 'study.db'}").get_trials()
     states = [t.state.name for t in trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
@@ -152,6 +173,7 @@ def test_study_killed_and_resumed_writes_a_preset_and_never_reads_the_test_split
     preset = yaml.safe_load((out / "preset.yaml").read_text())
     assert {k: preset["recover"]["wmdd"][k] for k in best.params} == best.params
     assert f"held-out top-1 {best.value:.2f} %" in (out / "preset.yaml").read_text()
+    assert "own recipe was not a trial" in (out / "preset.yaml").read_text()
     assert len(pd.read_csv(out / "trials.csv")) == 3
     for t in trials[::2]:  # each finished trial was scored on the 30 held-out train images
         results = pd.read_json(out / "runs" / "cifar10" / run_name(t.params) / "train" / "results.json", typ="series")

@@ -5,7 +5,9 @@ The held-out split (``--val-per-class N`` images per class, else 10 %, seeded) i
 ``DATA_ROOT/<dataset>/train`` into ``OUT/holdout/<dataset>`` (symbolic links; the dataset's own
 val/test split is never opened). Every trial is one ``wmdd run`` (recover with the trial's
 recipe -> relabel -> student, or the hard-label protocol's student) on the rest of the train
-split, scored by the student's last-epoch top-1 on the held-out images. The study (Optuna, TPE)
+split, scored by the student's last-epoch top-1 on the held-out images; the first trial of a new
+study is the method's own recipe (when the searched ranges contain it), so that the preset
+replaces it only with a recipe that scored higher. The study (Optuna, TPE)
 lives in ``OUT/study.db`` (or ``--storage``): a killed study resumes with the same command, the
 interrupted trial resuming its stages. At the end the best recipe is written to
 ``OUT/preset.yaml``, which ``wmdd run --config OUT/preset.yaml`` takes for the one run that
@@ -31,8 +33,17 @@ from wmdd.options.bounds import COUNT, SEED
 from wmdd.options.parsing import StageParser, run_main
 from wmdd.runtime.launch import run_module
 from wmdd.tune.preset import load_sectioned, tuned_preset, write_preset
-from wmdd.tune.space import TUNABLE, Param, default_space, parse_param, trial_argv
-from wmdd.tune.study import HOST, PID, completed, open_study, retry_interrupted, run_name
+from wmdd.tune.space import TUNABLE, Param, default_space, parse_param, recipe_values, trial_argv
+from wmdd.tune.study import (
+    HOST,
+    PID,
+    completed,
+    enqueue_own_recipe,
+    open_study,
+    own_recipe_trial,
+    retry_interrupted,
+    run_name,
+)
 
 #: Failed trials in a row after which the study stops (a recipe that fails everywhere is a
 #: setting to fix, not a region of the space).
@@ -108,9 +119,13 @@ def check(argv: list[str]) -> None:
     prepare(argv)
 
 
-def resolve_space(args: argparse.Namespace, root: Path) -> dict[str, Param]:
+def resolve_space(args: argparse.Namespace, root: Path) -> tuple[dict[str, Param], dict | None]:
     """The searched parameters: the method's defaults (:func:`wmdd.tune.space.default_space`)
     around its resolved recipe, limited to ``--params``, with ``--space`` ranges on top.
+
+    Returns:
+        The space, and the method's own recipe as a trial's values (``None`` when the space
+        excludes it; :func:`wmdd.tune.space.recipe_values`).
 
     Raises:
         UserError: an unknown method, a ``--space`` value that cannot be parsed, or a ``--params``
@@ -141,7 +156,7 @@ def resolve_space(args: argparse.Namespace, root: Path) -> dict[str, Param]:
     for spec in args.space:
         param = parse_param(spec)
         space[param.name] = param
-    return space
+    return space, recipe_values(resolved, space)
 
 
 def check_corners(args: argparse.Namespace, base: list[str], space: dict[str, Param]) -> None:
@@ -198,14 +213,19 @@ def finish(args: argparse.Namespace, study, space: dict[str, Param], holdout: di
         The preset's path and the best trial.
     """
     study.trials_dataframe().to_csv(args.out / "trials.csv", index=False)
-    best = max(completed(study), key=lambda t: (t.value, -t.number))
+    finished = completed(study)
+    best = max(finished, key=lambda t: (t.value, -t.number))
+    own = own_recipe_trial(study)
     preset_path = args.out / "preset.yaml"
     comments = [
         f"wmdd tune: --method {args.method} recipe chosen on a split held out from {args.dataset}'s train split",
         (f"(seed {args.seed}, {holdout['val_images']} held-out / {holdout['train_images']} train images; the test "
          "split was not read)"),
-        (f"best of {len(completed(study))} finished trials: trial {best.number}, held-out top-1 {best.value:.2f} %, "
+        (f"best of {len(finished)} finished trials: trial {best.number}, held-out top-1 {best.value:.2f} %, "
          f"run {args.out / 'runs' / args.dataset / run_name(best.params)}"),
+        (f"the method's own recipe (trial {own.number}: "
+         f"{' '.join(f'{k}={v}' for k, v in own.params.items())}): held-out top-1 {own.value:.2f} %"
+         if own else "the method's own recipe was not a trial (outside the searched ranges)"),
         f"teacher {args.teacher}; IPC {args.ipc}; protocol {args.protocol}; relabel/student epochs "
         f"{args.epochs or 'of the preset'}; searched " + " ".join(p.describe() for p in space.values()),
         f"evaluate once on the test split: wmdd run --config {preset_path} --method {args.method} -c {args.ipc} ...",
@@ -236,10 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     holdout = write_holdout_root(train, args.out / "holdout" / args.dataset, args.val_per_class, args.seed)
     root = args.out / "holdout"
     base = base_run_argv(args, root)
-    space = resolve_space(args, root)
+    space, own_recipe = resolve_space(args, root)
     check_corners(args, base, space)
     study = open_study(args.storage or f"sqlite:///{args.out / 'study.db'}", args.study_name,
                        settings_of(args, space), args.seed)
+    if own_recipe is None:
+        print(f"note: --method {args.method}'s own recipe lies outside the searched ranges; it is not run as a trial",
+              flush=True)
+    elif enqueue_own_recipe(study, own_recipe):
+        print(f"trial 0 runs --method {args.method}'s own recipe: "
+              f"{' '.join(f'{k}={v}' for k, v in own_recipe.items())}", flush=True)
     for number in retry_interrupted(study):
         print(f"trial {number} was interrupted: running its recipe again (its finished stages are kept)", flush=True)
     print(f"held-out split: {holdout['val_images']} of {args.dataset}'s train images "

@@ -54,7 +54,19 @@ class Param:
     def corners(self) -> list:
         """The values that bound what a trial may be given (both ends, or every choice): each is
         checked by the recover parser before the study starts."""
-        return list(self.choices) if self.kind == "choice" else [self.distribution().low, self.distribution().high]
+        if self.kind == "choice":
+            return list(self.choices)
+        distribution = self.distribution()
+        return [distribution.low, distribution.high]
+
+    def contains(self, value) -> bool:
+        """Whether a trial may be given ``value`` (one of the choices, or inside the range; an
+        integer for an integer range)."""
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind in ("int", "intlog") and value != int(value):
+            return False
+        return self.low <= value <= self.high
 
     def describe(self) -> str:
         """``NAME=...`` as :func:`parse_param` reads it."""
@@ -132,6 +144,21 @@ def default_space(resolved: argparse.Namespace, inits: tuple[str, ...], owned: s
     if len(inits) > 1:
         space["init"] = Param("init", "choice", choices=tuple(inits))
     return space
+
+
+def recipe_values(resolved: argparse.Namespace, space: dict[str, Param]) -> dict | None:
+    """The method's own recipe as a trial: the resolved value of every searched parameter
+    (``factor`` unset = 1), or ``None`` when one of them lies outside its range (a ``--space``
+    that excludes the recipe as it stands)."""
+    values = {}
+    for name, param in space.items():
+        value = getattr(resolved, name, None)
+        if name == "factor" and value is None:
+            value = 1
+        if value is None or not param.contains(value):
+            return None
+        values[name] = int(value) if param.kind in ("int", "intlog") else value
+    return values
 
 
 def trial_argv(params: dict) -> list[str]:

@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from wmdd.errors import UserError
 
-#: Trial user attributes: where it runs, and which trial an enqueued retry replaces.
-HOST, PID, RETRY_OF = "host", "pid", "retry_of"
+#: Trial user attributes: where it runs, which trial an enqueued retry replaces, and whether it
+#: is the method's own recipe.
+HOST, PID, RETRY_OF, OWN_RECIPE = "host", "pid", "retry_of", "own_recipe"
 
 
 def open_study(storage: str, name: str, settings: dict, seed: int) -> optuna.Study:
@@ -74,9 +75,30 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
         attrs = trial.user_attrs
         if attrs.get(HOST) == host and isinstance(attrs.get(PID), int) and not _alive(attrs[PID]):
             study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+            own = {OWN_RECIPE: True} if attrs.get(OWN_RECIPE) else {}
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, **own})
             retried.append(trial.number)
     return retried
+
+
+def enqueue_own_recipe(study: optuna.Study, params: dict) -> bool:
+    """In a study with no trials yet, enqueue the method's own recipe ``params`` as its first
+    trial (user attribute ``own_recipe``), so that the study scores the recipe as it stands beside
+    the ones it samples and the preset replaces it only with one that did better on held-out data.
+
+    Returns:
+        Whether it was enqueued (False for a study that already has trials).
+    """
+    if study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(params, user_attrs={OWN_RECIPE: True})
+    return True
+
+
+def own_recipe_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The finished trial that ran the method's own recipe (the latest, if it was retried), or ``None``."""
+    own = [t for t in completed(study) if t.user_attrs.get(OWN_RECIPE)]
+    return own[-1] if own else None
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
