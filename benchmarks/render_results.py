@@ -134,6 +134,25 @@ class Table:
     missing: str = ""  # the text of a cell whose set has no run in that group
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One setting of a :class:`Target` table: a filter on the CSV rows and the sets it weighs there
+    (each row's ``where`` narrows its own cells, e.g. to the teacher that made the set)."""
+
+    title: str
+    where: Mapping[str, object]
+    sets: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table with one line per setting: both random baselines, and which sets beat both of them
+    (:func:`beats_both`), or, where none does, the nearest."""
+
+    name: str
+    cells: tuple[Cell, ...]
+
+
 #: How a baseline set is named in a column header.
 BASELINE_TITLES = {"random-real": "random real", "random-real-f2": "random-real-f2", "dm": "dm",
                    "medoids": "medoids", "medoids-f2": "medoids-f2"}
@@ -141,6 +160,8 @@ BASELINE_TITLES = {"random-real": "random real", "random-real-f2": "random-real-
 C10 = {"dataset": "cifar10", "ipc": 10}
 C10_FKD3 = {**C10, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-3ep"}
 C10_DSA = {**C10, "labels": "dsa", "student_epochs": 100}
+#: hard labels on the sets that need no teacher or that the 3-epoch teacher made
+C10_DSA3 = {**C10_DSA, "teacher": ("", "convnet-3ep")}
 C50_FKD3 = {"dataset": "cifar10", "ipc": 50, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-3ep"}
 C50_DSA = {"dataset": "cifar10", "ipc": 50, "labels": "dsa", "student_epochs": 100}
 NETTE = {"dataset": "imagenette", "ipc": 10}
@@ -163,7 +184,7 @@ _TABLES = [
     # README: the headline, every method of the toolkit beside random real under identical labels
     Table("headline-ipc10", (
         Group({**C10_FKD3}, "CIFAR-10 soft labels", vs=(RR,)),
-        Group({**C10_DSA}, "CIFAR-10 hard labels", vs=(RR,)),
+        Group({**C10_DSA3}, "CIFAR-10 hard labels", vs=(RR,)),
         Group({**NETTE_FKD}, "Imagenette soft labels", vs=(RR,)),
         Group({**NETTE_DSA}, "Imagenette hard labels", vs=(RR,)),
     ), (
@@ -191,23 +212,23 @@ _TABLES = [
     Table("cifar10-ipc10-fkd-f2", (Group(C10_FKD3, seeds=True, vs=(RR, F2)),), (
         RANDOM, RR_F2, MEDOIDS_F2), images=True),
     # CIFAR-10 IPC 10, hard labels (DSA protocol, 100 epochs)
-    Table("cifar10-ipc10-dsa", (Group(C10_DSA, seeds=True, vs=(RR, F2)),), (
+    Table("cifar10-ipc10-dsa", (Group(C10_DSA3, seeds=True, vs=(RR, F2)),), (
         DANCE, DANCE_R, RR_F2, DDM, DM, WMDD, WMDD_PAPER, RANDOM), images=True),
-    Table("cifar10-ipc10-dsa-dm", (Group(C10_DSA, seeds=True, vs=(RR,)),), (DDM, DM, RANDOM)),
-    Table("cifar10-ipc10-ddm-ablation", (Group(C10_DSA, seeds=True, vs=(RR, "dm")),), (
+    Table("cifar10-ipc10-dsa-dm", (Group(C10_DSA3, seeds=True, vs=(RR,)),), (DDM, DM, RANDOM)),
+    Table("cifar10-ipc10-ddm-ablation", (Group(C10_DSA3, seeds=True, vs=(RR, "dm")),), (
         Row("ddm-style", "`ddm-style` (style: MM + CM post-norm, no ICD: `--icd-weight 0`)"),
         Row("ddm-icd", "`ddm-icd` (ICD, no style: `--style none`)"),
         Row("ddm-mm-pre", "`ddm-mm-pre` (MM alone on pre-norm maps: `--style mm --style-features pre-norm "
                           "--mm-weight 0.01 --icd-weight 0`)"),
         Row("ddm", "`ddm` (style MM + CM post-norm, ICD 10: the default)"),
         DM, RANDOM)),
-    Table("cifar10-ipc10-dsa-dance", (Group(C10_DSA, seeds=True, vs=(RR, F2)),), (
+    Table("cifar10-ipc10-dsa-dance", (Group(C10_DSA3, seeds=True, vs=(RR, F2)),), (
         DANCE, DDM, DM, RR_F2, RANDOM), images=True),
-    Table("cifar10-ipc10-dsa-recipe", (Group(C10_DSA, seeds=True, vs=(RR, F2)),), (
+    Table("cifar10-ipc10-dsa-recipe", (Group(C10_DSA3, seeds=True, vs=(RR, F2)),), (
         DANCE, RR_F2, DDM, DM, WMDD, WMDD_PAPER, RANDOM)),
     Table("cifar10-ipc10-dance-protocols", (
         Group(C10_FKD3, "soft labels (FKD)", seeds=True, vs=(RR, F2)),
-        Group(C10_DSA, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
+        Group(C10_DSA3, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
     ), (DANCE_R, DANCE, WMDD, RR_F2, RANDOM), images=True),
     Table("cifar10-ipc10-dsa-1000", (Group({**C10, "labels": "dsa", "student_epochs": 1000}, seeds=True),), (
         Row(RR, "random real, DSA protocol, 1,000 epochs (one H200)"),)),
@@ -286,21 +307,46 @@ _TABLES = [
         Row("wmdd-paper-f2", "probe: WMDD, noise init, lr 0.1, factor 2"),
     ), images=True),
 ]
-TABLES: dict[str, Table] = {t.name: t for t in _TABLES}
+#: Sets whose rows are seeds of one setting, in the target table's cells.
+_C10_FKD3_SETS = (WMDD, MEDOIDS_F2, Row("medoids", "`medoids`"), WMDD_PAPER, Row("dance-rebuilt", "`dance`"), DM, DDM)
+_TARGETS = [
+    # The question of issue 34: which registered sets beat random real and random-real-f2, paired by seed,
+    # by more than the larger standard deviation, in each setting (3 seeds; fewer: not judged)
+    Target("target", (
+        Cell("CIFAR-10 IPC 10, soft labels", C10_FKD3, _C10_FKD3_SETS),
+        Cell("CIFAR-10 IPC 10, soft labels", {**C10, "labels": "fkd", "student_epochs": 200,
+                                              "teacher": "convnet-30ep"}, (WMDD,)),
+        Cell("CIFAR-10 IPC 10, hard labels", C10_DSA, (
+            DANCE, DDM, DM, Row("wmdd", WMDD.label, where={"teacher": "convnet-3ep"}),
+            Row("wmdd", WMDD.label, where={"teacher": "convnet-30ep"}),
+            Row("wmdd-paper", WMDD_PAPER.label, where={"teacher": "convnet-3ep"}))),
+        Cell("CIFAR-10 IPC 50, soft labels", C50_FKD3, (WMDD,)),
+        Cell("CIFAR-10 IPC 50, hard labels", C50_DSA, (WMDD, MEDOIDS_F2)),
+        Cell("Imagenette-32 IPC 10, soft labels", NETTE_FKD, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
+        Cell("Imagenette-32 IPC 10, hard labels", NETTE_DSA, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
+        Cell("digits IPC 10 (the demo), soft labels", DIGITS, (
+            WMDD, MEDOIDS_F2, Row("medoids", "`medoids`"), WMDD_PAPER)),
+    )),
+]
+TABLES: dict[str, Table | Target] = {t.name: t for t in [*_TABLES, *_TARGETS]}
 
 
 # --------------------------------------------------------------------------- rendering
 
 
 def _rows(data: pd.DataFrame, where: Mapping[str, object], set_name: str) -> pd.DataFrame:
-    """The CSV rows of ``set_name`` under ``where`` (one setting; empty when the set was not run there).
+    """The CSV rows of ``set_name`` under ``where`` (one setting; empty when the set was not run there). A
+    tuple value in ``where`` matches any of its values (e.g. ``teacher: ("", "convnet-3ep")``).
 
     Raises:
         ValueError: the filter matches rows of several settings (a table declaration too loose).
     """
     mask = data["set"] == set_name
     for column, value in where.items():
-        mask &= data[column] == (value if column in ("seed", "top1") else str(value))
+        if isinstance(value, tuple):
+            mask &= data[column].isin([str(v) for v in value])
+        else:
+            mask &= data[column] == (value if column in ("seed", "top1") else str(value))
     rows = data[mask]
     settings = rows[KEY].drop_duplicates()
     if len(settings) > 1:
@@ -336,10 +382,69 @@ def _paired(values: pd.Series, baseline: pd.Series) -> str:
     return _summary(values[common] - baseline[common], signed=True)
 
 
-def render_table(table: Table | str, data: pd.DataFrame | None = None) -> str:
+#: Seeds a set and a baseline must share before :func:`beats_both` judges them.
+MIN_SEEDS = 3
+
+
+def margin(values: pd.Series, baseline: pd.Series) -> tuple[float, float] | None:
+    """``(mean paired difference, the larger of the two sets' sample std)`` over the seeds both have,
+    in points of top-1; ``None`` with fewer than :data:`MIN_SEEDS` shared seeds."""
+    common = values.index.intersection(baseline.index)
+    if len(common) < MIN_SEEDS:
+        return None
+    a, b = values[common], baseline[common]
+    return float((a - b).mean()), float(max(a.std(ddof=1), b.std(ddof=1)))
+
+
+def beats_both(values: pd.Series, baselines: Iterable[pd.Series]) -> bool | None:
+    """Whether ``values`` beats every baseline, paired by seed, by more than the larger standard
+    deviation (:func:`margin`); ``None`` when a pair shares fewer than :data:`MIN_SEEDS` seeds."""
+    margins = [margin(values, b) for b in baselines]
+    if any(m is None for m in margins):
+        return None
+    return all(diff > spread for diff, spread in margins)
+
+
+def _teachers(data: pd.DataFrame, cell: Cell) -> str:
+    """The top-1 of the teachers behind a cell's sets (``-`` where no set has one)."""
+    tops = set()
+    for row in cell.sets:
+        tops |= {t for t in _rows(data, {**cell.where, **row.where}, row.set)["teacher_top1"] if t}
+    return " / ".join(f"{float(t):.2f} %" for t in sorted(tops, key=float)) or "-"
+
+
+def render_target(target: Target, data: pd.DataFrame) -> str:
+    """The Markdown of a :class:`Target` table: per cell the teacher, both baselines (mean +- std),
+    the sets that beat both with their paired differences, else the nearest and by how much it misses."""
+    lines = ["| setting | teacher top-1 | random real | random-real-f2 | beats both (vs random real / vs "
+             "random-real-f2) | none beats both: nearest |", "|" + " --- |" * 6]
+    for cell in target.cells:
+        baselines = [_select(data, cell.where, b) for b in (RR, F2)]
+        winners, nearest = [], None
+        for row in cell.sets:
+            values = _select(data, {**cell.where, **row.where}, row.set)
+            margins = [margin(values, b) for b in baselines]
+            if any(m is None for m in margins):
+                continue
+            shown = f"{row.label.split(' (')[0]} {' / '.join(_paired(values, b) for b in baselines)}"
+            if beats_both(values, baselines):
+                winners.append(shown)
+            gap = min(diff - spread for diff, spread in margins)
+            if nearest is None or gap > nearest[0]:
+                nearest = (gap, shown)
+        judged = "; ".join(winners) if winners else "none"
+        miss = "" if winners else (nearest[1] if nearest else f"fewer than {MIN_SEEDS} seeds")
+        lines.append(f"| {cell.title} | {_teachers(data, cell)} | {_summary(baselines[0])} | "
+                     f"{_summary(baselines[1])} | {judged} | {miss} |")
+    return "\n".join(lines)
+
+
+def render_table(table: Table | Target | str, data: pd.DataFrame | None = None) -> str:
     """The Markdown of one declared table (header, separator, one line per row; no trailing newline)."""
     table = TABLES[table] if isinstance(table, str) else table
     data = load_results() if data is None else data
+    if isinstance(table, Target):
+        return render_target(table, data)
     cells: list[list[list[str]]] = []  # per row, per group: the group's cells
     seeds_of: list[list[int]] = []
     for group in table.groups:

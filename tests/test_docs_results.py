@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks import render_results
@@ -30,7 +31,7 @@ def test_every_marked_table_equals_its_rendering_from_the_csvs(data):
 def test_the_documents_hold_their_tables():
     used = render_results.used_tables(MARKDOWN)
     readme = [name for name, files in used.items() if str(REPO / "README.md") in files]
-    assert readme == ["headline-ipc10"], "the README holds exactly one results table, the headline"
+    assert readme == ["target"], "the README holds exactly one results table, the headline"
     results_page = [name for name, files in used.items() if str(REPO / "docs" / "results.md") in files]
     assert len(results_page) >= 10
     unused = [name for name, files in used.items() if not files]
@@ -48,6 +49,35 @@ def test_means_and_paired_differences_are_computed_from_the_seeds(data):
     # a set run in one seed only shows that seed, and is paired in that seed only
     ipc50 = render_results.render_table("cifar10-ipc50-fkd", data)
     assert "| 60.41 (seed 0) | -4.30 (seed 0) |" in ipc50
+
+
+def test_beats_both_needs_a_paired_margin_above_the_larger_std():
+    seeds = [0, 1, 2]
+    candidate = pd.Series([50.0, 52.0, 54.0], index=seeds)  # std 2.00
+    weak = pd.Series([40.0, 40.5, 41.0], index=seeds)  # std 0.50: margin +11.50 > 2.00
+    close = pd.Series([47.0, 49.5, 52.0], index=seeds)  # std 2.50: margin +2.50, not above 2.50
+    assert render_results.margin(candidate, weak) == pytest.approx((11.5, 2.0))
+    assert render_results.beats_both(candidate, [weak]) is True
+    assert render_results.beats_both(candidate, [weak, close]) is False
+    assert render_results.beats_both(candidate, [weak, close.iloc[:2]]) is None  # 2 shared seeds: not judged
+
+
+def test_the_target_table_names_winners_or_the_nearest(data):
+    rows = []
+    for seed, (rr, f2, good, tie) in enumerate([(40.0, 45.0, 50.0, 45.0), (41.0, 46.0, 51.0, 47.0),
+                                                (42.0, 47.0, 52.0, 46.0)]):
+        for name, top1 in (("random-real", rr), ("random-real-f2", f2), ("wmdd", good), ("dm", tie)):
+            rows.append({"dataset": "cifar10", "ipc": "10", "labels": "fkd", "student_epochs": "200",
+                         "teacher": "t", "teacher_top1": "80.00", "set": name, "seed": seed, "top1": top1})
+    frame = pd.DataFrame(rows)
+    cell = {"dataset": "cifar10", "ipc": 10, "labels": "fkd", "student_epochs": 200, "teacher": "t"}
+    wins = render_results.Target("t", (render_results.Cell("won", cell, (render_results.Row("wmdd", "`wmdd`"),
+                                                                         render_results.Row("dm", "`dm`"))),))
+    line = render_results.render_target(wins, frame).splitlines()[2]
+    assert line == "| won | 80.00 % | 41.00 +- 1.00 | 46.00 +- 1.00 | `wmdd` +10.00 +- 0.00 / +5.00 +- 0.00 |  |"
+    missed = render_results.Target("t", (render_results.Cell("missed", cell, (render_results.Row("dm", "`dm`"),)),))
+    line = render_results.render_target(missed, frame).splitlines()[2]
+    assert line.endswith("| none | `dm` +5.00 +- 1.00 / 0.00 +- 1.00 |")
 
 
 def _first_block(path: Path) -> tuple[str, re.Match]:
@@ -87,7 +117,7 @@ def test_a_changed_measurement_fails_the_check(data):
                         & (changed["labels"] == "fkd") & (changed["ipc"] == "10")][0]
     changed.loc[row, "top1"] += 1.0
     problems = render_results.check_files([REPO / "README.md"], changed)
-    assert [p.table for p in problems] == ["headline-ipc10"]
+    assert [p.table for p in problems] == ["target"]
 
 
 def test_unknown_and_unclosed_markers_are_reported(data):
