@@ -95,6 +95,26 @@ def test_feature_cache_is_reused_and_recomputed_when_stale(wmdd_run, tiny_teache
     assert "is stale (teacher_sha256 changed); recomputing" in proc.stderr
 
 
+def test_runs_sharing_a_cache_dir_reuse_its_features_and_barycenters(tiny_teacher, cifar_root, tmp_path):
+    cache = tmp_path / "cache"
+    args = ("--method", "medoids", "--ipc", "2", "--cache-dir", str(cache))
+    first = _recover(tiny_teacher, cifar_root, tmp_path / "a", *args)
+    assert "using cached" not in first.stderr
+    assert len(list(cache.glob("features-*.pt"))) == 1 and len(list(cache.glob("barycenters-*.pt"))) == 1
+    second = _recover(tiny_teacher, cifar_root, tmp_path / "b", *args)
+    assert "using cached barycenters" in second.stderr
+    a, b = (torch.load(tmp_path / d / "barycenters.pt", weights_only=True) for d in "ab")
+    assert torch.equal(a["support"], b["support"]) and torch.equal(a["medoids"], b["medoids"])
+    assert not (tmp_path / "a" / "features.pt").exists() and not (tmp_path / "b" / "features.pt").exists()
+    other = _recover(tiny_teacher, cifar_root, tmp_path / "c", "--method", "medoids", "--ipc", "3",
+                     "--cache-dir", str(cache))  # another key: the features are reused, the barycenters not
+    assert "using cached class features" in other.stderr and "using cached barycenters" not in other.stderr
+    assert len(list(cache.glob("barycenters-*.pt"))) == 2
+    refused = _recover(tiny_teacher, cifar_root, tmp_path / "d", "--method", "random-real", "--cache-dir",
+                       str(cache), check=False)
+    assert refused.returncode == 2 and "--cache-dir" in refused.stderr
+
+
 def test_class_batches():
     assert class_batches(10, 2, 4) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert class_batches(10, 50, 100) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]

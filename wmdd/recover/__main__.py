@@ -44,7 +44,7 @@ from wmdd.options.config import resolve_precision, save_resolved_config
 from wmdd.options.parsing import progress, run_main
 from wmdd.recover.barycenter import class_barycenter
 from wmdd.recover.batches import class_batches, marker_path, pending_batches, real_choice
-from wmdd.recover.features import cache_key, cached_features, dataset_fingerprint
+from wmdd.recover.features import cache_key, cached_features, dataset_fingerprint, key_digest
 from wmdd.recover.images import (
     check_images_complete,
     check_images_owned,
@@ -63,14 +63,17 @@ from wmdd.runtime.training import derive_seed
 
 log = logging.getLogger("wmdd.recover")
 
-RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size")
+RESUME_IGNORES = ("workers", "device", "config", "feature_batch_size", "cache_dir")
+
 
 
 def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: Path,
                         support_per_image: int = 1) -> dict:
     """Features (cached), per-class barycenters (WMDD Sec. III-C) of ``k = IPC * support_per_image`` support
     points (one per decoded image: ``factor**2`` with multi-formation) and their
-    medoids, saved to ``barycenters.pt`` (rank 0).
+    medoids, saved to ``barycenters.pt`` (rank 0). With ``--cache-dir`` the features and
+    barycenters are also kept there (``features-<key>.pt``, ``barycenters-<key>.pt``, named
+    after their keys) and reused from there when their keys match.
 
     Returns:
         The saved dict: ``support [K, k, D]`` and ``weights [K, k]`` float32,
@@ -84,12 +87,20 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
            "weighted": args.weight_wb, "seed": args.seed}
     if support_per_image > 1:
         key["support_per_image"] = support_per_image
-    if path.exists():
-        saved = torch_load(path, "barycenters")
-        if saved.get("key") == key and "medoids" in saved:
-            return saved
-    features, labels = cached_features(out / "features.pt", teacher, dataset, ctx.device,
-                                       args.feature_batch_size, args.workers)
+    shared = Path(args.cache_dir) if args.cache_dir else None
+    if shared is not None:
+        shared.mkdir(parents=True, exist_ok=True)
+    for candidate in (path, shared / f"barycenters-{key_digest(key)}.pt" if shared else None):
+        if candidate is not None and candidate.exists():
+            saved = torch_load(candidate, "barycenters")
+            if saved.get("key") == key and "medoids" in saved:
+                if candidate != path:
+                    log.info("using cached barycenters %s", candidate)
+                    atomic_torch_save(saved, path)
+                return saved
+    features_path = shared / f"features-{key_digest(cache_key(teacher, dataset))}.pt" if shared else out / "features.pt"
+    features, labels = cached_features(features_path, teacher, dataset, ctx.device, args.feature_batch_size,
+                                       args.workers)
     supports, weights, objectives, seconds, medoids = [], [], [], [], []
     for c in progress(range(len(teacher.classes)), "barycenters", ctx.is_main):
         start = time.perf_counter()
@@ -108,6 +119,8 @@ def compute_barycenters(args, teacher: Teacher, dataset, ctx: DistContext, out: 
              "seconds": torch.tensor(seconds, dtype=torch.float64),
              "solver": "kmeans" if args.weight_wb else args.barycenter_solver}
     atomic_torch_save(saved, path)
+    if shared is not None:
+        atomic_torch_save(saved, shared / f"barycenters-{key_digest(key)}.pt")
     log.info("barycenters (%s, k=%d): mean W2^2 %.4f, %.2f s/class", saved["solver"], points,
              sum(objectives) / len(objectives), sum(seconds) / len(seconds))
     return saved

@@ -374,7 +374,8 @@ def apply_per_class(x: torch.Tensor, draws: ClassDraws, group: torch.Tensor) -> 
     order = torch.argsort(image_family, stable=True)
     counts = torch.bincount(image_family, minlength=len(draws.draws)).tolist()
     pieces = x[order.to(x.device)].split(counts)
-    out = [apply_draw(piece, draw.take(index)) for piece, draw, index in zip(pieces, draws.draws, group[order].split(counts))]
+    indices = group[order].split(counts)
+    out = [apply_draw(piece, draw.take(index)) for piece, draw, index in zip(pieces, draws.draws, indices)]
     return torch.cat(out)[torch.argsort(order).to(x.device)]
 
 

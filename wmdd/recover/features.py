@@ -8,6 +8,7 @@ evaluation transform; a cache whose key differs is recomputed, never reused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -38,6 +39,12 @@ def cache_key(teacher: Teacher, dataset: ImageFolder) -> dict:
     """What the cached features depend on."""
     return {"teacher_sha256": teacher.sha256, "dataset": dataset_fingerprint(dataset),
             "transform": repr(dataset.transform)}
+
+
+def key_digest(key: dict) -> str:
+    """16 hex digits of the SHA-256 of a cache key (sorted JSON): the name of a shared cache file
+    (``recover --cache-dir``)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()

@@ -103,8 +103,11 @@ def base_run_argv(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def trial_run_argv(args: argparse.Namespace, base: list[str], params: dict) -> list[str]:
-    """One trial's ``wmdd run`` arguments: ``base``, its run name and its recipe."""
-    recover = shlex.join(shlex.split(args.recover_args) + trial_argv(params))
+    """One trial's ``wmdd run`` arguments: ``base``, its run name and its recipe (and, for a method
+    that uses the barycenters, ``--cache-dir OUT/cache``: the trials share the teacher features and
+    the barycenters of a factor instead of recomputing them)."""
+    shared = ["--cache-dir", str(args.out / "cache")] if getattr(args, "shared_cache", False) else []
+    recover = shlex.join(shlex.split(args.recover_args) + shared + trial_argv(params))
     return [*base, "-x", run_name(params), f"--recover-args={recover}"]
 
 
@@ -238,6 +241,7 @@ def finish(args: argparse.Namespace, study, space: dict[str, Param], holdout: di
 def main(argv: list[str] | None = None) -> int:
     """``wmdd tune``: carve the held-out split, run the study to ``--trials`` finished trials,
     write the preset."""
+    from wmdd.recover.methods.registry import own_options
     from wmdd.run import CONFIGS
 
     args = build_parser().parse_args(argv)
@@ -257,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.out / "holdout"
     base = base_run_argv(args, root)
     space, own_recipe = resolve_space(args, root)
+    args.shared_cache = args.method in own_options().get("cache_dir", ())
     check_corners(args, base, space)
     study = open_study(args.storage or f"sqlite:///{args.out / 'study.db'}", args.study_name,
                        settings_of(args, space), args.seed)

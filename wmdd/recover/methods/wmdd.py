@@ -78,6 +78,10 @@ class BarycenterMethod(MultiFormation):
         group.add_argument("--weight-wb", action="store_true", default=None,
                            help="free barycenter weights (k-means masses) [off]")
         group.add_argument("--feature-batch-size", type=COUNT, help="batch of the teacher feature pass [256]")
+        group.add_argument("--cache-dir", metavar="DIR",
+                           help="also keep the teacher features and the barycenters in DIR, and reuse them from "
+                                "there when their key (teacher, train images, IPC, solver, seed) matches: for runs "
+                                "that share them, such as wmdd tune's trials [the output directory only]")
 
     @classmethod
     def check(cls, args: argparse.Namespace) -> None:
