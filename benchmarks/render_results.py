@@ -244,9 +244,11 @@ _TABLES = [
         Row("wmdd", "`wmdd` (the toolkit's recipe; the soft-label table's sets)"), RR_F2, MEDOIDS_F2, RANDOM),
         images=True),
     # CIFAR-10 IPC 10, soft labels, the converged 30-epoch teacher (84.25 %, issue 34)
-    Table("cifar10-ipc10-fkd-teacher30", (Group({**C10, "labels": "fkd", "student_epochs": 200,
-                                                 "teacher": "convnet-30ep"}, seeds=True, vs=(RR, F2)),), (
-        WMDD, RR_F2, RANDOM), images=True, missing="not run"),
+    Table("cifar10-ipc10-teacher30", (
+        Group({**C10, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-30ep"}, "soft labels (FKD)",
+              seeds=True, vs=(RR, F2)),
+        Group({**C10_DSA, "teacher": ("", "convnet-30ep")}, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
+    ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
     # The published recipe at 500 iterations, 15-epoch CIFAR-10 teacher (82.30 %) and the first
     # Imagenette teacher (75.13 %), with the single-seed probes of the same setting
     Table("cifar10-ipc10-teacher15", (Group({**C10, "labels": "fkd", "student_epochs": 200,
