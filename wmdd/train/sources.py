@@ -244,8 +244,8 @@ class DSAImages(LabelSource):
     > 1 (:func:`wmdd.recover.multiformation.decode`: normalised ``[N * factor**2, 3, S, S]`` float32;
     S = ``--input-size``, else the size the recover run recorded, else the dataset's), on the device
     when they fit in a quarter of its free memory and ``--input-pipeline`` is not ``loader`` (batches
-    are then gathered, augmented and mixed there), each stored image's folder label and weight repeated for its decoded images; DSA (Zhao &
-    Bilen 2021) per image."""
+    are then gathered, augmented and mixed there), each stored image's folder label and weight
+    repeated for its decoded images; DSA (Zhao & Bilen 2021) per image."""
 
     name = "dsa"
 
