@@ -181,6 +181,8 @@ WMDD = Row("wmdd", "`wmdd` (the toolkit's recipe: medoid start, factor 2, 200 it
 WMDD_PAPER = Row("wmdd-paper", "`wmdd-paper`, earlier objective (see above), 200 of its 2,000 iterations")
 MEDOIDS_F2 = Row("medoids-f2", "`medoids --factor 2` (the recipe's start, no optimisation)")
 RR_F2 = Row(F2, "`random-real --factor 2`")
+#: the hard-label recipe wmdd tune chose for the converged Imagenette-32 teacher (issue 34)
+WMDD_TUNED_DSA = Row("wmdd-tuned-dsa", "`wmdd`, hard-label preset of `wmdd tune` (lr 0.018, 68 iterations)")
 RANDOM = Row(RR, "random real")
 DANCE_R = Row("dance-rebuilt", "`dance` (60 iterations, 5 experts rebuilt 2026-12-03)")
 DANCE = Row("dance", "`dance` (60 iterations, 5 experts of 2026-12-02)")
@@ -255,12 +257,12 @@ _TABLES = [
         Group({**C10, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-30ep"}, "soft labels (FKD)",
               seeds=True, vs=(RR, F2)),
         Group({**C10_DSA, "teacher": ("", "convnet-30ep")}, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
-    ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
+    ), (WMDD, WMDD_TUNED_DSA, RR_F2, RANDOM), images=True, missing="not run"),
     # Imagenette-32 IPC 10, soft labels, the converged 60-epoch teacher (issue 34)
     Table("imagenette-ipc10-teacher60", (
         Group(NETTE60, "soft labels (FKD)", seeds=True, vs=(RR, F2)),
         Group(NETTE60_DSA, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
-    ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
+    ), (WMDD, WMDD_TUNED_DSA, RR_F2, RANDOM), images=True, missing="not run"),
     # The published recipe at 500 iterations, 15-epoch CIFAR-10 teacher (82.30 %) and the first
     # Imagenette teacher (75.13 %), with the single-seed probes of the same setting
     Table("cifar10-ipc10-teacher15", (Group({**C10, "labels": "fkd", "student_epochs": 200,
@@ -341,7 +343,7 @@ _TARGETS = [
         Cell("Imagenette-32 IPC 10, soft labels", NETTE_FKD, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
         Cell("Imagenette-32 IPC 10, soft labels", NETTE60, (WMDD,)),
         Cell("Imagenette-32 IPC 10, hard labels", NETTE_DSA, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
-        Cell("Imagenette-32 IPC 10, hard labels", NETTE60_DSA, (WMDD,)),
+        Cell("Imagenette-32 IPC 10, hard labels", NETTE60_DSA, (WMDD, WMDD_TUNED_DSA)),
         Cell("digits IPC 10, soft labels", DIGITS, (
             WMDD, MEDOIDS_F2, Row("medoids", "`medoids`"), WMDD_PAPER)),
         Cell("digits IPC 10 (the demo), soft labels", DIGITS30, (WMDD,)),
