@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("wmdd.train.__main__", [], "stage 4: train a student on the distilled images, evaluate it"),
     "run": ("wmdd.run", [], "the whole pipeline with WMDD's run.sh flags (-x -y -d -c -p -n -w -b ...)"),
     "tune": ("wmdd.tune.__main__", [], "choose a recover recipe on a split held out from train (Optuna study)"),
-    "demo": ("wmdd.run", ["--demo"], "digits: WMDD beside both random-real baselines (over 10 min on 2 CPU cores)"),
+    "demo": ("wmdd.run", ["--demo"], "digits: WMDD beside both random-real baselines (about 15 min on 2 CPU cores)"),
     "run-pseudo": ("wmdd.run_pseudo", [], "a student on a full real split with labels from a pseudo-label CSV"),
     "prepare": ("wmdd.data.prepare", [], "datasets as shipped (archives, CIFAR download, Tiny-ImageNet, digits)"),
     "decode": ("wmdd.tools.decode_images", [], "a multi-formation set written out as ordinary images"),
