@@ -257,7 +257,7 @@ _TABLES = [
         Group({**C10, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-30ep"}, "soft labels (FKD)",
               seeds=True, vs=(RR, F2)),
         Group({**C10_DSA, "teacher": ("", "convnet-30ep")}, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
-    ), (WMDD, WMDD_TUNED_DSA, MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
+    ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
     # Imagenette-32 IPC 10, soft labels, the converged 60-epoch teacher (issue 34)
     Table("imagenette-ipc10-teacher60", (
         Group(NETTE60, "soft labels (FKD)", seeds=True, vs=(RR, F2)),
