@@ -21,11 +21,40 @@ from pathlib import Path
 
 import pytest
 
-from wmdd.data.prepare import extract
+
+def _threads_per_worker() -> None:
+    """Give each pytest-xdist worker (and every process it starts) its share of the cores.
+
+    torch's default is one thread per core in every process, so N workers on C cores would run
+    N x C OpenMP threads that wait on each other; with ``OMP_NUM_THREADS`` = C // N (at least 1)
+    the cores are shared instead. An ``OMP_NUM_THREADS`` the user set is kept. Runs before torch
+    is imported, which reads the variable once."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+_threads_per_worker()
+
+from wmdd.data.prepare import extract  # noqa: E402  (after the thread count is set)
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real CIFAR-10 (JPEG): 20 train and 10 test images per class, committed (tests/data/README.md).
 CIFAR10_MINI = REPO / "tests" / "data" / "cifar10-mini.tar.gz"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "long: a module of minute-long end-to-end tests, started first "
+                                       "(see pytest_collection_modifyitems)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Put the modules marked ``long`` (``pytestmark = pytest.mark.long``) first, in file order.
+
+    ``make test`` hands whole modules to two xdist workers in collection order
+    (``--dist loadfile --no-loadscope-reorder``); a minute-long module that starts last runs alone
+    while the other worker idles, so the long ones start first and the many short ones fill in."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def run_module(module: str, *args: str, check: bool = True, env: dict | None = None,

@@ -106,7 +106,8 @@ def test_dm_and_ddm_batched_iteration_equals_the_per_class_computation(name, dat
     args = method.res.args
     total = terms["dm"]
     if name == "ddm":
-        total = total + args.style_weight * (args.mm_weight * terms["mm"] + terms["cm"]) + args.icd_weight * terms["icd"]
+        style = args.mm_weight * terms["mm"] + terms["cm"]
+        total = total + args.style_weight * style + args.icd_weight * terms["icd"]
     total.backward()
     assert sorted(parts) == sorted(terms)
     for key, value in terms.items():

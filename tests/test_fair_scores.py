@@ -19,6 +19,8 @@ from wmdd.tools.plot_results import improvements
 from wmdd.tools.summarize_run import format_summary
 from wmdd.tools.summarize_run import variant as variant_name
 
+pytestmark = pytest.mark.long  # minutes of end-to-end runs: started first (tests/conftest.py)
+
 WMDD = "wmdd: WB, per-class BN"
 RECIPE = f"{WMDD}, medoid init, factor 2"  # --method wmdd's defaults (the variant name leaves out r_bn)
 

@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import CIFAR10_MINI, REPO
+
+pytestmark = pytest.mark.long  # minutes of end-to-end runs: started first (tests/conftest.py)
 
 DRY_RUN = {"DEVICE": "cpu", "ITERATIONS": "2", "EPOCHS": "1", "BENCH_ITERS": "1", "ROUNDS": "1", "BENCH_IPC": "2",
            "BATCH_REAL": "4", "SIZE": "32", "PRETRAIN_PER_CLASS": "8", "STUDENT_IPC": "4", "OP_METHODS": "",
@@ -23,7 +27,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     out = proc.stdout
     assert "== failed steps: none" in out
     for printed in ("ratio dm / bare:", "ratio ddm / bare:", "ratio dance / dm:", "recover iteration:",
-                    "(device split)", "pretrain loop:", "train loop:", "| dsa | 10 | dm |", "| dsa | 10 | random-real |"):
+                    "(device split)", "pretrain loop:", "train loop:", "| dsa | 10 | dm |",
+                    "| dsa | 10 | random-real |"):
         assert printed in out, printed
     for method in ("dm", "random-real"):
         assert (tmp_path / "out" / "dm-paper" / f"{method}-ipc10-s0" / "train-dsa" / "results.json").is_file()

@@ -47,7 +47,8 @@ def test_dm_loss_of_two_classes_equals_brute_force(real):
     images, net = real
     real_images, sizes = torch.cat([images[:8], images[8:13]]), [8, 5]
     syn = images[[0, 1, 8, 9]].flip(-1).clone()
-    real_aug, syn_aug = siamese_per_class(real_images, sizes, syn, [2, 2], DSAParams(), torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    real_aug, syn_aug = siamese_per_class(real_images, sizes, syn, [2, 2], DSAParams(), generator)
     real_emb, syn_emb = _embed(net, real_aug), _embed(net, syn_aug)
     total = mean_embedding_loss(class_mean(real_emb, sizes), class_mean(syn_emb, [2, 2]))
     brute = 0.0

@@ -14,7 +14,10 @@ def test_the_counter_sees_forward_backward_and_per_class_loops():
     x = torch.randn(10, 4, requires_grad=True)
     once = count_ops(lambda: (x * 2).sum().backward())
     assert once["aten.mul"] >= 2 and sum(once.values()) >= 4  # the product, and its gradient in the backward
-    per_class = lambda g: sum(count_ops(lambda: [x[j % 10].sum() for j in range(g)]).values())
+
+    def per_class(g):
+        return sum(count_ops(lambda: [x[j % 10].sum() for j in range(g)]).values())
+
     assert per_class(100) >= 9 * per_class(10)
 
 

@@ -20,6 +20,8 @@ from wmdd.models import create_model
 from wmdd.models.teacher import load_teacher
 from wmdd.recover.methods import get_method, method_names
 
+pytestmark = pytest.mark.long  # minutes of end-to-end runs: started first (tests/conftest.py)
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 #: Per method: IPC 2, 2 classes per batch (5 batches), a few iterations.
 SMALL = ["--ipc", "2", "--batch-size", "4", "--iterations", "4", "--log-every", "2"]

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO, run_module
 
+pytestmark = pytest.mark.long  # minutes of end-to-end runs: started first (tests/conftest.py)
+
 STAGES = ("pretrain", "recover", "relabel", "train")
 DEBUG = ["-g", "-d", "cifar10", "-m", "convnet", "-e", "convnet", "-c", "2", "-p", "-n", "-w", "--device", "cpu"]
 
@@ -23,6 +25,13 @@ def run_sh(script: str, *args, check: bool = True) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wmdd_run(*args) -> subprocess.CompletedProcess:
+    """``wmdd run args`` that is expected to stop early (a refused flag): run in this process, as
+    ``run.sh`` runs it (``exec python -m wmdd.run``; test_the_shim_passes_a_refusal_through checks
+    the shim itself), without the seconds a new interpreter spends importing torch."""
+    return run_module("wmdd.run", *args, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +159,7 @@ def test_run_sh_wmdd_defaults_equal_python_defaults(debug_run, cifar_root):
 
 
 def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
-    proc = run_sh("run.sh", "-g", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path, check=False)
+    proc = wmdd_run("-g", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path)
     assert proc.returncode == 2 and "not found; add -p to pretrain it" in proc.stderr
 
 
@@ -168,11 +177,18 @@ def test_missing_teacher_without_p_says_to_add_it(cifar_root, tmp_path):
     (["-u", "a,b", "-r", "/tmp"], "argument -u: 'a,b': expected a GPU index or a comma list"),
 ])
 def test_bad_flags_print_one_error_line(args, message):
-    proc = run_sh("run.sh", *args, check=False)
+    proc = wmdd_run(*args)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: ")
     assert "usage:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_shim_passes_a_refusal_through():
+    """``run.sh`` is ``exec python -m wmdd.run``: its exit status and one error line are the stage's."""
+    proc = run_sh("run.sh", "-c", "ten", "-r", "/tmp", check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr == "error: argument -c: 'ten' is not an integer >= 1 (see wmdd run --help)\n", proc.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -185,8 +201,8 @@ def test_bad_flags_print_one_error_line(args, message):
 ])
 def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_is_written(cifar_root, tmp_path,
                                                                                           flags, message):
-    proc = run_sh("run.sh", "-g", "-p", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs",
-                  "--device", "cpu", *flags, check=False)
+    proc = wmdd_run("-g", "-p", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs",
+                    "--device", "cpu", *flags)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs" / "teachers").exists()
     # -g's recover starts each stored image from up to 4 real images: IPC 10 does not fit 20 per class
@@ -200,8 +216,7 @@ def test_a_stage_that_would_refuse_its_arguments_stops_the_run_before_anything_i
     (["--config", "/nonexistent.yaml"], "--config /nonexistent.yaml: no such file"),
 ])
 def test_teacher_and_config_options_are_checked_before_anything_runs(cifar_root, tmp_path, flags, message):
-    proc = run_sh("run.sh", "-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs", *flags,
-                  check=False)
+    proc = wmdd_run("-d", "cifar10", "-r", cifar_root.parent, "--out", tmp_path / "runs", *flags)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -209,8 +224,8 @@ def test_teacher_and_config_options_are_checked_before_anything_runs(cifar_root,
 def test_what_recover_needs_is_checked_before_the_teacher_is_trained(cifar_root, tmp_path):
     """Without -g, IPC 10 of wmdd (factor 2: 40 real images per class to start from) on the
     20-per-class data is refused before pretrain starts, with the IPC that fits."""
-    proc = run_sh("run.sh", "-p", "-d", "cifar10", "-m", "convnet", "-r", cifar_root.parent, "--out", tmp_path / "runs",
-                  "--device", "cpu", check=False)
+    proc = wmdd_run("-p", "-d", "cifar10", "-m", "convnet", "-r", cifar_root.parent, "--out", tmp_path / "runs",
+                    "--device", "cpu")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         "error: wmdd recover would refuse its arguments: --ipc 10: --method wmdd --init medoid starts each class from "
         "40 real images (4 per stored image: multi-formation tiles), but class 'airplane' has 20 train images; pass "
