@@ -184,6 +184,11 @@ RR_F2 = Row(F2, "`random-real --factor 2`")
 #: the hard-label recipe wmdd tune chose for the converged Imagenette-32 teacher (issue 34)
 WMDD_TUNED_DSA = Row("wmdd-tuned-dsa", "`wmdd`, hard-label preset of `wmdd tune` (lr 0.018, 68 iterations)")
 RANDOM = Row(RR, "random real")
+#: Imagenette-32's hard-label preset (chosen there by wmdd tune on held-out train images) on CIFAR-10
+WMDD_NETTE_DSA = Row("wmdd-nette-preset-dsa", "`wmdd` with Imagenette-32's hard-label preset (lr 0.018, "
+                                              "68 iterations; chosen on Imagenette's held-out train images)")
+#: hard labels with the rebuilt 30-epoch CIFAR-10 teacher (the first build's files were lost)
+C10_DSA30R = {**C10_DSA, "teacher": ("", "convnet-30ep-rebuilt")}
 DANCE_R = Row("dance-rebuilt", "`dance` (60 iterations, 5 experts rebuilt 2026-12-03)")
 DANCE = Row("dance", "`dance` (60 iterations, 5 experts of 2026-12-02)")
 DM = Row("dm", "`dm` (60 iterations)")
@@ -258,6 +263,9 @@ _TABLES = [
               seeds=True, vs=(RR, F2)),
         Group({**C10_DSA, "teacher": ("", "convnet-30ep")}, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
     ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
+    # CIFAR-10 IPC 10, hard labels, the rebuilt 30-epoch teacher (issue 34)
+    Table("cifar10-ipc10-teacher30-rebuilt-dsa", (Group(C10_DSA30R, seeds=True, vs=(RR, F2)),), (
+        WMDD, WMDD_NETTE_DSA, MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
     # Imagenette-32 IPC 10, soft labels, the converged 60-epoch teacher (issue 34)
     Table("imagenette-ipc10-teacher60", (
         Group(NETTE60, "soft labels (FKD)", seeds=True, vs=(RR, F2)),
@@ -336,8 +344,8 @@ _TARGETS = [
                                               "teacher": "convnet-30ep"}, (WMDD,)),
         Cell("CIFAR-10 IPC 10, hard labels", C10_DSA, (
             DANCE, DDM, DM, Row("wmdd", WMDD.label, where={"teacher": "convnet-3ep"}),
-            Row("wmdd", WMDD.label, where={"teacher": "convnet-30ep"}),
             Row("wmdd-paper", WMDD_PAPER.label, where={"teacher": "convnet-3ep"}))),
+        Cell("CIFAR-10 IPC 10, hard labels", C10_DSA30R, (WMDD, WMDD_NETTE_DSA, MEDOIDS_F2)),
         Cell("CIFAR-10 IPC 50, soft labels", C50_FKD3, (WMDD,)),
         Cell("CIFAR-10 IPC 50, hard labels", C50_DSA, (WMDD, MEDOIDS_F2)),
         Cell("Imagenette-32 IPC 10, soft labels", NETTE_FKD, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
