@@ -164,6 +164,10 @@ C10_DSA = {**C10, "labels": "dsa", "student_epochs": 100}
 C10_DSA3 = {**C10_DSA, "teacher": ("", "convnet-3ep")}
 C50_FKD3 = {"dataset": "cifar10", "ipc": 50, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-3ep"}
 C50_DSA = {"dataset": "cifar10", "ipc": 50, "labels": "dsa", "student_epochs": 100}
+#: hard labels at IPC 50 on the sets that need no teacher or that the 3-epoch teacher made
+C50_DSA3 = {**C50_DSA, "teacher": ("", "convnet-3ep")}
+#: the same with the rebuilt 30-epoch teacher (84.72 %, issue 34)
+C50_DSA30R = {**C50_DSA, "teacher": ("", "convnet-30ep-rebuilt")}
 NETTE = {"dataset": "imagenette", "ipc": 10}
 NETTE_FKD = {**NETTE, "labels": "fkd", "student_epochs": 200, "teacher": "convnet32-20ep-rebuilt"}
 #: hard labels on the sets that need no teacher or that the rebuilt 20-epoch teacher made
@@ -192,6 +196,8 @@ C10_DSA30R = {**C10_DSA, "teacher": ("", "convnet-30ep-rebuilt")}
 DANCE_R = Row("dance-rebuilt", "`dance` (60 iterations, 5 experts rebuilt 2026-12-03)")
 DANCE = Row("dance", "`dance` (60 iterations, 5 experts of 2026-12-02)")
 DM = Row("dm", "`dm` (60 iterations)")
+#: DANCE on Imagenette-32: its own experts, no teacher, paired with the random sets of the 60-epoch table
+DANCE_NETTE = Row("dance", "`dance` (60 iterations, 5 experts; no teacher)", where={"teacher": ""})
 DDM = Row("ddm", "`ddm` (60 iterations)")
 
 _TABLES = [
@@ -254,7 +260,7 @@ _TABLES = [
     # CIFAR-10 IPC 50, 3-epoch teacher
     Table("cifar10-ipc50-fkd", (Group(C50_FKD3, seeds=True, vs=(RR, F2)),), (
         Row("wmdd", "`wmdd` (the toolkit's recipe)"), RR_F2, RANDOM), images=True),
-    Table("cifar10-ipc50-dsa", (Group(C50_DSA, seeds=True, vs=(RR, F2, "medoids-f2")),), (
+    Table("cifar10-ipc50-dsa", (Group(C50_DSA3, seeds=True, vs=(RR, F2, "medoids-f2")),), (
         Row("wmdd", "`wmdd` (the toolkit's recipe; the soft-label table's sets)"), RR_F2, MEDOIDS_F2, RANDOM),
         images=True),
     # CIFAR-10 IPC 10, soft labels, the converged 30-epoch teacher (84.25 %, issue 34)
@@ -265,12 +271,15 @@ _TABLES = [
     ), (WMDD, RR_F2, RANDOM), images=True, missing="not run"),
     # CIFAR-10 IPC 10, hard labels, the rebuilt 30-epoch teacher (issue 34)
     Table("cifar10-ipc10-teacher30-rebuilt-dsa", (Group(C10_DSA30R, seeds=True, vs=(RR, F2)),), (
-        WMDD, WMDD_NETTE_DSA, MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
+        DANCE_R, WMDD, WMDD_NETTE_DSA, MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
+    # CIFAR-10 IPC 50, hard labels, the rebuilt 30-epoch teacher (issue 34)
+    Table("cifar10-ipc50-teacher30-rebuilt-dsa", (Group(C50_DSA30R, seeds=True, vs=(RR, F2)),), (
+        MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
     # Imagenette-32 IPC 10, soft labels, the converged 60-epoch teacher (issue 34)
     Table("imagenette-ipc10-teacher60", (
         Group(NETTE60, "soft labels (FKD)", seeds=True, vs=(RR, F2)),
         Group(NETTE60_DSA, "hard labels (DSA)", seeds=True, vs=(RR, F2)),
-    ), (WMDD, WMDD_TUNED_DSA, MEDOIDS_F2, RR_F2, RANDOM), images=True, missing="not run"),
+    ), (WMDD, WMDD_TUNED_DSA, MEDOIDS_F2, DANCE_NETTE, RR_F2, RANDOM), images=True, missing="not run"),
     # The published recipe at 500 iterations, 15-epoch CIFAR-10 teacher (82.30 %) and the first
     # Imagenette teacher (75.13 %), with the single-seed probes of the same setting
     Table("cifar10-ipc10-teacher15", (Group({**C10, "labels": "fkd", "student_epochs": 200,
@@ -345,13 +354,14 @@ _TARGETS = [
         Cell("CIFAR-10 IPC 10, hard labels", C10_DSA, (
             DANCE, DDM, DM, Row("wmdd", WMDD.label, where={"teacher": "convnet-3ep"}),
             Row("wmdd-paper", WMDD_PAPER.label, where={"teacher": "convnet-3ep"}))),
-        Cell("CIFAR-10 IPC 10, hard labels", C10_DSA30R, (WMDD, WMDD_NETTE_DSA, MEDOIDS_F2)),
+        Cell("CIFAR-10 IPC 10, hard labels", C10_DSA30R, (DANCE_R, WMDD, WMDD_NETTE_DSA, MEDOIDS_F2)),
         Cell("CIFAR-10 IPC 50, soft labels", C50_FKD3, (WMDD,)),
-        Cell("CIFAR-10 IPC 50, hard labels", C50_DSA, (WMDD, MEDOIDS_F2)),
+        Cell("CIFAR-10 IPC 50, hard labels", C50_DSA3, (WMDD, MEDOIDS_F2)),
+        Cell("CIFAR-10 IPC 50, hard labels", C50_DSA30R, (MEDOIDS_F2,)),
         Cell("Imagenette-32 IPC 10, soft labels", NETTE_FKD, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
         Cell("Imagenette-32 IPC 10, soft labels", NETTE60, (WMDD,)),
         Cell("Imagenette-32 IPC 10, hard labels", NETTE_DSA, (WMDD, MEDOIDS_F2, WMDD_PAPER)),
-        Cell("Imagenette-32 IPC 10, hard labels", NETTE60_DSA, (WMDD, WMDD_TUNED_DSA, MEDOIDS_F2)),
+        Cell("Imagenette-32 IPC 10, hard labels", NETTE60_DSA, (DANCE_NETTE, WMDD, WMDD_TUNED_DSA, MEDOIDS_F2)),
         Cell("digits IPC 10, soft labels", DIGITS, (
             WMDD, MEDOIDS_F2, Row("medoids", "`medoids`"), WMDD_PAPER)),
         Cell("digits IPC 10 (the demo), soft labels", DIGITS30, (WMDD,)),
