@@ -162,6 +162,8 @@ C10_FKD3 = {**C10, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-3
 C10_DSA = {**C10, "labels": "dsa", "student_epochs": 100}
 #: hard labels on the sets that need no teacher or that the 3-epoch teacher made
 C10_DSA3 = {**C10_DSA, "teacher": ("", "convnet-3ep")}
+#: hard labels with the rebuilt 30-epoch CIFAR-10 teacher (the first build's files were lost)
+C10_DSA30R = {**C10_DSA, "teacher": ("", "convnet-30ep-rebuilt")}
 C50_FKD3 = {"dataset": "cifar10", "ipc": 50, "labels": "fkd", "student_epochs": 200, "teacher": "convnet-3ep"}
 C50_DSA = {"dataset": "cifar10", "ipc": 50, "labels": "dsa", "student_epochs": 100}
 #: hard labels at IPC 50 on the sets that need no teacher or that the 3-epoch teacher made
@@ -191,8 +193,6 @@ RANDOM = Row(RR, "random real")
 #: Imagenette-32's hard-label preset (chosen there by wmdd tune on held-out train images) on CIFAR-10
 WMDD_NETTE_DSA = Row("wmdd-nette-preset-dsa", "`wmdd` with Imagenette-32's hard-label preset (lr 0.018, "
                                               "68 iterations; chosen on Imagenette's held-out train images)")
-#: hard labels with the rebuilt 30-epoch CIFAR-10 teacher (the first build's files were lost)
-C10_DSA30R = {**C10_DSA, "teacher": ("", "convnet-30ep-rebuilt")}
 DANCE_R = Row("dance-rebuilt", "`dance` (60 iterations, 5 experts rebuilt 2026-12-03)")
 DANCE = Row("dance", "`dance` (60 iterations, 5 experts of 2026-12-02)")
 DM = Row("dm", "`dm` (60 iterations)")
