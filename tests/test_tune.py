@@ -197,3 +197,19 @@ def test_bad_tune_arguments_are_one_line_errors(cifar_root, tiny_teacher, tmp_pa
     proc = run_module("wmdd.tune", *_tune_argv(cifar_root.parent, tmp_path, tmp_path / "t")[3:], check=False)
     assert proc.returncode == 2 and f"--teacher {tmp_path}: no manifest.json there" in proc.stderr
     assert not (tmp_path / "t" / "study.db").exists()
+
+
+def test_holdout_only_carves_the_split_without_a_teacher_and_the_study_reuses_it(cifar_root, tmp_path):
+    out = tmp_path / "t"
+    argv = ["-r", str(cifar_root.parent), "--out", str(out), "--val-per-class", "3"]
+    proc = run_module("wmdd.tune", *argv, "--holdout-only")
+    root = out / "holdout" / "cifar10"
+    assert f"--data-path {root}" in proc.stdout and f"--teacher {out / 'teacher'}" in proc.stdout
+    record = write_holdout_root(cifar_root / "train", root, 3, seed=0)  # the study's own split: kept as written
+    assert (record["val_images"], record["train_images"]) == (30, 170)
+    assert sorted(p.name for p in out.iterdir()) == ["holdout"]  # no study, no trial
+    proc = run_module("wmdd.tune", *argv, "--holdout-only", "--teacher", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "--teacher" in proc.stderr and "would not be used" in proc.stderr
+    proc = run_module("wmdd.tune", *argv, check=False)
+    assert proc.returncode == 2 and "--teacher DIR is required" in proc.stderr
+    assert "Traceback" not in proc.stderr

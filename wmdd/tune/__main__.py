@@ -11,7 +11,9 @@ replaces it only with a recipe that scored higher. The study (Optuna, TPE)
 lives in ``OUT/study.db`` (or ``--storage``): a killed study resumes with the same command, the
 interrupted trial resuming its stages. At the end the best recipe is written to
 ``OUT/preset.yaml``, which ``wmdd run --config OUT/preset.yaml`` takes for the one run that
-reads the test split; ``OUT/trials.csv`` lists every trial.
+reads the test split; ``OUT/trials.csv`` lists every trial. ``--holdout-only`` writes the held-out
+split and stops, so that a teacher can be pretrained on its train part first (one that has not
+seen the held-out images).
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", default="cifar10", choices=dataset_names(), metavar="NAME",
                    help=f"dataset: {' '.join(dataset_names())} [cifar10]")
     p.add_argument("-r", "--root", required=True, metavar="DIR", help="data root; the dataset is DIR/<dataset>")
-    p.add_argument("--teacher", required=True, metavar="DIR", help="a finished wmdd pretrain output directory")
+    p.add_argument("--teacher", metavar="DIR", help="a finished wmdd pretrain output directory (required unless "
+                   "--holdout-only)")
+    p.add_argument("--holdout-only", action="store_true",
+                   help="carve OUT/holdout/<dataset> and stop (no teacher needed), to pretrain a teacher on its train "
+                        "part that has not seen the held-out images")
     p.add_argument("--out", default="tune", metavar="DIR", help="output directory [./tune]")
     p.add_argument("--method", default="wmdd", metavar="NAME", help="recover method whose recipe is tuned [wmdd]")
     p.add_argument("-c", "--ipc", type=COUNT, default=10, help="images per class [10]")
@@ -238,6 +244,26 @@ def finish(args: argparse.Namespace, study, space: dict[str, Param], holdout: di
     return preset_path, best
 
 
+def carve_only(args: argparse.Namespace, train: Path) -> int:
+    """``--holdout-only``: write the held-out split ``OUT/holdout/<dataset>`` (as the study would)
+    and print how to pretrain a teacher on its train part, whose held-out scores are then not
+    biased by having seen the held-out images.
+
+    Raises:
+        UserError: as :func:`wmdd.data.holdout.write_holdout_root`.
+    """
+    args.out.mkdir(parents=True, exist_ok=True)
+    root = args.out / "holdout" / args.dataset
+    holdout = write_holdout_root(train, root, args.val_per_class, args.seed)
+    teacher = args.out / "teacher"
+    print(f"held-out split: {holdout['val_images']} of {args.dataset}'s train images in {root / 'val'}, the other "
+          f"{holdout['train_images']} in {root / 'train'}")
+    print(f"a teacher that has not seen the held-out images: wmdd pretrain --dataset {args.dataset} --data-path {root} "
+          f"--output-dir {teacher} ...  (the dataset's pretrain options); then the same wmdd tune command with "
+          f"--teacher {teacher} instead of --holdout-only")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``wmdd tune``: carve the held-out split, run the study to ``--trials`` finished trials,
     write the preset."""
@@ -245,13 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     from wmdd.run import CONFIGS
 
     args = build_parser().parse_args(argv)
-    args.out, args.teacher = Path(args.out).expanduser().resolve(), Path(args.teacher).expanduser().resolve()
-    args.root = Path(args.root).expanduser().resolve()
+    if args.holdout_only and args.teacher is not None:
+        raise UserError(f"--holdout-only carves the held-out split and stops, so --teacher {args.teacher} would not be "
+                        "used; drop --teacher (or drop --holdout-only to run the study)")
+    if args.teacher is None and not args.holdout_only:
+        raise UserError("--teacher DIR is required: a finished wmdd pretrain output directory (or --holdout-only to "
+                        "carve the held-out split first and pretrain a teacher on its train part)")
+    args.out, args.root = Path(args.out).expanduser().resolve(), Path(args.root).expanduser().resolve()
     args.config = Path(args.config).expanduser().resolve() if args.config else CONFIGS / f"{args.dataset}.yaml"
     train = args.root / args.dataset / "train"
     if not train.is_dir():
         raise UserError(f"{train}: no train split; give -r DATA_ROOT with DATA_ROOT/{args.dataset}/train "
                         "(wmdd prepare)")
+    if args.holdout_only:
+        return carve_only(args, train)
+    args.teacher = Path(args.teacher).expanduser().resolve()
     if not (args.teacher / "manifest.json").is_file():
         raise UserError(f"--teacher {args.teacher}: no manifest.json there; give the output directory of a finished "
                         "wmdd pretrain")
