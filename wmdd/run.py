@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = StageParser(prog="wmdd run", formatter_class=argparse.RawDescriptionHelpFormatter,
                     description=__doc__.split("\n\n")[0].replace("``", ""),
                     epilog="wmdd demo (= wmdd run --demo): digits, WMDD beside random real and random real at "
-                           "WMDD's pixel budget at IPC 10, then the fair-score tables; about 15 minutes on 2 CPU "
+                           "WMDD's pixel budget at IPC 10, then the fair-score tables; about 10 minutes on 2 CPU "
                            "cores.")
     w = p.add_argument_group("WMDD flags")
     w.add_argument("-x", dest="exp", default="exp", metavar="ID", help="experiment id: OUT/<dataset>/<ID>/ [exp]")
