@@ -244,18 +244,30 @@ def finish(args: argparse.Namespace, study, space: dict[str, Param], holdout: di
     return preset_path, best
 
 
-def carve_only(args: argparse.Namespace, train: Path) -> int:
-    """``--holdout-only``: write the held-out split ``OUT/holdout/<dataset>`` (as the study would)
-    and print how to pretrain a teacher on its train part, whose held-out scores are then not
-    biased by having seen the held-out images.
+def carve(args: argparse.Namespace, train: Path) -> dict:
+    """Write (or, when written before with the same settings, keep) the held-out split of ``train``
+    as ``OUT/holdout/<dataset>``: the study's and ``--holdout-only``'s one way to it.
+
+    Returns:
+        The split's record (:func:`wmdd.data.holdout.write_holdout_root`).
 
     Raises:
         UserError: as :func:`wmdd.data.holdout.write_holdout_root`.
     """
     args.out.mkdir(parents=True, exist_ok=True)
-    root = args.out / "holdout" / args.dataset
-    holdout = write_holdout_root(train, root, args.val_per_class, args.seed)
-    teacher = args.out / "teacher"
+    return write_holdout_root(train, args.out / "holdout" / args.dataset, args.val_per_class, args.seed)
+
+
+def carve_only(args: argparse.Namespace, train: Path) -> int:
+    """``--holdout-only``: write the held-out split (:func:`carve`) and print how to pretrain a
+    teacher on its train part, whose held-out scores are then not biased by having seen the
+    held-out images.
+
+    Raises:
+        UserError: as :func:`wmdd.data.holdout.write_holdout_root`.
+    """
+    holdout = carve(args, train)
+    root, teacher = args.out / "holdout" / args.dataset, args.out / "teacher"
     print(f"held-out split: {holdout['val_images']} of {args.dataset}'s train images in {root / 'val'}, the other "
           f"{holdout['train_images']} in {root / 'train'}")
     print(f"a teacher that has not seen the held-out images: wmdd pretrain --dataset {args.dataset} --data-path {root} "
@@ -290,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--teacher {args.teacher}: no manifest.json there; give the output directory of a finished "
                         "wmdd pretrain")
     load_sectioned(args.config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    holdout = write_holdout_root(train, args.out / "holdout" / args.dataset, args.val_per_class, args.seed)
+    holdout = carve(args, train)
     root = args.out / "holdout"
     base = base_run_argv(args, root)
     space, own_recipe = resolve_space(args, root)
